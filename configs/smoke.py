@@ -1,0 +1,41 @@
+"""Seconds-long runs for tests: a very small model on the first records of each source.
+
+`configs/smoke.py:mesh8` is the same run laid out for 8 devices (4 data x 2 fsdp) so tests can
+compare it with the 1-device run.
+"""
+
+from rlaif_jax.config import base_config
+
+
+def get_config(arg=None):
+    c = base_config()
+    c.progress = False
+    c.model.n_positions = 160
+    c.model.n_embd = 64
+    c.model.n_layer = 2
+    c.model.n_head = 4
+    c.tokenizer.vocab_size = 600
+    c.data.max_records_per_source = 60
+    c.data.max_len = 160
+    c.sft.steps = 24
+    c.sft.batch_size = 8
+    c.sft.grad_accum = 1
+    c.sft.lr = 3e-3
+    c.sft.warmup_steps = 4
+    c.sft.eval_every = 12
+    c.sft.eval_batch_size = 8
+    c.sft.log_every = 4
+    c.checkpoint.every_steps = 8
+    c.checkpoint.keep = 3
+    c.mesh.fsdp_min_size = 1024
+    c.sample.max_prompts = 6
+    c.sample.num_samples = 2
+    c.sample.batch_size = 8
+    c.sample.max_prompt_len = 64
+    c.sample.max_new_tokens = 32
+    if arg == "mesh8":
+        c.mesh.data = 4
+        c.mesh.fsdp = 2
+    elif arg:
+        raise ValueError(f"configs/smoke.py: unknown argument {arg!r} (known: mesh8)")
+    return c

@@ -1,0 +1,204 @@
+"""The configuration schema shared by every config file, and its checks.
+
+Config files in `configs/` start from `base_config()` and change values; they never add keys. The
+schema is therefore one place a reader can look up every option. `finalize` locks the config, so a
+mistyped key (`--config.sft.lr_rate=...`) fails at flag parsing with the key named, and
+`validate` checks values (choices, ranges, divisibility) before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import ml_collections
+from ml_collections import ConfigDict
+
+DTYPES = ("float32", "bfloat16")
+
+
+def _source(hub: str, role: str, path: str = "") -> ConfigDict:
+    """One data source: a Gorilla apibench file ('' = the vendored one) and what it feeds."""
+    return ConfigDict({"hub": hub, "path": path, "role": role})
+
+
+def base_config() -> ConfigDict:
+    """Every key the project knows, with the embedded default's values."""
+    c = ConfigDict()
+    c.seed = 0
+    c.progress = True  # progress bars with ETA on stderr
+
+    c.model = ConfigDict()
+    c.model.family = "gpt2"
+    c.model.hf_path = ""  # local Hugging Face directory to start from; "" = train from scratch
+    c.model.n_positions = 512
+    c.model.n_embd = 256
+    c.model.n_layer = 4
+    c.model.n_head = 4
+    c.model.dropout = 0.0
+    c.model.dtype = "float32"  # compute dtype
+    c.model.param_dtype = "float32"
+    c.model.remat = False
+
+    c.tokenizer = ConfigDict()
+    c.tokenizer.path = ""  # local HF tokenizer directory; "" = use model.hf_path, else train a BPE
+    c.tokenizer.vocab_size = 4096  # for the trained byte-level BPE
+    c.tokenizer.min_frequency = 2
+
+    c.data = ConfigDict()
+    c.data.sources = [
+            _source("huggingface", "split"),
+            _source("torchhub", "train"),
+            _source("torchhub", "test"),
+    ]
+    c.data.split_seed = 0
+    c.data.validation_fraction = 0.1
+    c.data.test_fraction = 0.1
+    c.data.on_malformed = "raise"  # or "skip" (skipped lines are counted and logged)
+    c.data.max_records_per_source = 0  # 0 = all
+    c.data.prompt_template = "###Instruction: {instruction}\n###Output: "
+    c.data.sections = ("domain", "api_call", "api_provider", "explanation", "code")
+    c.data.max_len = 512  # tokens of prompt + response; longer examples are cut at the end
+
+    c.sft = ConfigDict()
+    c.sft.steps = 1000
+    c.sft.batch_size = 32  # global batch, in sequences, per optimizer step
+    c.sft.grad_accum = 1  # micro-batches per step (batch_size must divide evenly)
+    c.sft.lr = 1e-3
+    c.sft.warmup_steps = 50
+    c.sft.min_lr_ratio = 0.1  # cosine decays to lr * min_lr_ratio
+    c.sft.weight_decay = 0.01
+    c.sft.b1 = 0.9
+    c.sft.b2 = 0.95
+    c.sft.eps = 1e-8
+    c.sft.clip_norm = 1.0
+    c.sft.eval_every = 200
+    c.sft.eval_batch_size = 32
+    c.sft.log_every = 10
+
+    c.checkpoint = ConfigDict()
+    c.checkpoint.every_steps = 200
+    c.checkpoint.keep = 2
+    c.checkpoint.async_save = True
+
+    c.mesh = ConfigDict()
+    c.mesh.data = -1  # -1 = all devices not used by the other axes
+    c.mesh.fsdp = 1
+    c.mesh.fsdp_min_size = 2**14  # parameters smaller than this stay replicated
+
+    c.sample = ConfigDict()
+    c.sample.split = "test"
+    c.sample.num_samples = 1  # K completions per prompt
+    c.sample.max_prompts = 0  # 0 = every prompt of the split
+    c.sample.batch_size = 32  # prompts x samples per compiled call
+    c.sample.max_prompt_len = 128
+    c.sample.max_new_tokens = 384
+    c.sample.temperature = 1.0
+    c.sample.top_k = 0
+    c.sample.top_p = 1.0
+    c.sample.greedy = False
+    c.sample.checkpoint = "sft"  # which stage's checkpoint to sample from
+    c.sample.out = ""  # "" = <workdir>/samples/<split>.jsonl
+    return c
+
+
+def finalize(config: ConfigDict) -> ConfigDict:
+    """Locks the config so unknown keys are errors (ml_collections names the key)."""
+    config.lock()
+    return config
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the key."""
+
+
+def _require(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{key}: {msg}")
+
+
+def validate(config: ConfigDict) -> None:
+    """Checks values that types alone do not catch. Raises ConfigError naming the key."""
+    m, s, sp, d = config.model, config.sft, config.sample, config.data
+    _require(m.family == "gpt2", "model.family", f"unknown family {m.family!r} (known: 'gpt2')")
+    for key in ("dtype", "param_dtype"):
+        _require(m[key] in DTYPES, f"model.{key}", f"{m[key]!r} is not one of {DTYPES}")
+    _require(m.n_embd % m.n_head == 0, "model.n_embd", "must be divisible by model.n_head")
+    _require(not m.hf_path or (pathlib.Path(m.hf_path) / "config.json").is_file(),
+             "model.hf_path", f"{m.hf_path!r} is not a Hugging Face model directory "
+             "(no config.json there)")
+    _require(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+    _require(d.on_malformed in ("raise", "skip"), "data.on_malformed", "must be 'raise' or 'skip'")
+    _require(d.max_len <= m.n_positions, "data.max_len", "must not exceed model.n_positions")
+    _require(
+            0 <= d.validation_fraction < 1 and 0 <= d.test_fraction < 1
+            and d.validation_fraction + d.test_fraction < 1,
+            "data.validation_fraction", "fractions must be in [0, 1) and sum below 1")
+    for i, src in enumerate(d.sources):
+        _require(src.role in ("split", "train", "test"), f"data.sources[{i}].role",
+             f"{src.role!r} is not one of split/train/test")
+    _require(s.steps > 0, "sft.steps", "must be positive")
+    _require(s.grad_accum >= 1 and s.batch_size % s.grad_accum == 0, "sft.grad_accum",
+           f"sft.batch_size={s.batch_size} must be divisible by sft.grad_accum={s.grad_accum}")
+    _require(s.lr > 0, "sft.lr", "must be positive")
+    _require(0 <= s.warmup_steps < s.steps, "sft.warmup_steps", "must be in [0, sft.steps)")
+    _require(config.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be positive")
+    _require(config.checkpoint.keep >= 1, "checkpoint.keep", "must be at least 1")
+    _require(sp.split in ("train", "validation", "test"), "sample.split",
+           "must be train, validation or test")
+    _require(sp.num_samples >= 1, "sample.num_samples", "must be at least 1")
+    _require(sp.temperature > 0 or sp.greedy, "sample.temperature", "must be positive")
+    _require(0 < sp.top_p <= 1, "sample.top_p", "must be in (0, 1]")
+    _require(sp.max_prompt_len + sp.max_new_tokens <= m.n_positions, "sample.max_new_tokens",
+           "sample.max_prompt_len + sample.max_new_tokens must not exceed model.n_positions")
+    _require(sp.checkpoint in ("sft",), "sample.checkpoint", "must be 'sft'")
+
+
+def save_resolved(config: ConfigDict, workdir: pathlib.Path, command: str) -> pathlib.Path:
+    """Writes the resolved config of this command to `workdir/config.<command>.json`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / f"config.{command}.json"
+    path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list) + "\n")
+    return path
+
+
+def from_json(text: str) -> ConfigDict:
+    """Reads a config written by `save_resolved` (for tools that start from a workdir)."""
+    return ml_collections.ConfigDict(json.loads(text))
+
+
+def load_config_file(spec: str) -> ConfigDict:
+    """Loads `path.py[:arg]` the way the --config flag does (for checks made before flag parsing)."""
+    import importlib.util
+
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_rlaif_config", path)
+    if module_spec is None or not pathlib.Path(path).is_file():
+        raise ConfigError(f"config file not found: {path}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def _has_key(config: ConfigDict, dotted: str) -> bool:
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, ConfigDict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def unknown_override_keys(argv: list[str]) -> list[str]:
+    """Keys of `--config.KEY=VALUE` arguments that the selected config file does not define."""
+    spec, overrides = None, []
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name in ("--config", "-config"):
+            spec = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+        elif name.startswith("--config.") and "[" not in name:
+            overrides.append(name[len("--config."):])
+    if spec is None or not overrides:
+        return []
+    config = load_config_file(spec)
+    return [key for key in overrides if not _has_key(config, key)]
