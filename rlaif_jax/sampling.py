@@ -1,0 +1,172 @@
+"""Compiled autoregressive sampling for :class:`~rlaif_jax.models.gpt2.GPT2LMHeadModel`.
+
+One prefill call over the left-padded prompt fills a KV cache of
+``prompt_len + max_new_tokens`` slots, then a ``jax.lax.while_loop`` decodes one
+token per step until every row has emitted EOS or ``max_new_tokens`` is reached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlaif_jax.models.gpt2 import init_cache
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplingParams:
+    """Decoding settings (keyword-only).
+
+    Tokens are drawn from ``softmax(logits / temperature)`` restricted to the
+    ``top_k`` most likely tokens (if > 0) and to the ``top_p`` nucleus (if < 1);
+    ``greedy`` takes the argmax of the raw logits instead.
+    """
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    greedy: bool = False
+    eos_id: int
+    pad_id: int
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.greedy and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def left_pad(token_lists: Sequence[Sequence[int]], prompt_len: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pads (or left-truncates, keeping the end) prompts to ``prompt_len``.
+
+    Returns ``(ids [B, prompt_len] int32, mask [B, prompt_len] int32)``.
+    """
+    ids = np.full((len(token_lists), prompt_len), pad_id, np.int32)
+    mask = np.zeros((len(token_lists), prompt_len), np.int32)
+    for row, tokens in enumerate(token_lists):
+        tokens = list(tokens)[-prompt_len:] if prompt_len > 0 else []
+        if tokens:
+            ids[row, -len(tokens):] = tokens
+            mask[row, -len(tokens):] = 1
+    return ids, mask
+
+
+def positions_from_mask(mask) -> jax.Array:
+    """Position ids for left-padded rows: ``max(cumsum(mask) - 1, 0)`` along the last axis."""
+    return jnp.maximum(jnp.cumsum(jnp.asarray(mask, jnp.int32), axis=-1) - 1, 0)
+
+
+def filter_logits(logits: jax.Array, sampling: SamplingParams) -> jax.Array:
+    """Temperature, top-k and top-p filtering of [B, V] logits; removed entries are -inf."""
+    logits = logits.astype(jnp.float32) / sampling.temperature
+    if 0 < sampling.top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if sampling.top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        # Keep a token if the mass strictly before it is < top_p (the top token always stays).
+        keep = (jnp.cumsum(probs, axis=-1) - probs) < sampling.top_p
+        threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    return logits
+
+
+def _choose(logits: jax.Array, rng: jax.Array, sampling: SamplingParams) -> tuple[jax.Array, jax.Array]:
+    """Picks one token per row; returns ``(token [B] int32, log_softmax(logits)[token] [B])``."""
+    if sampling.greedy:
+        token = jnp.argmax(logits, axis=-1)
+    else:
+        token = jax.random.categorical(rng, filter_logits(logits, sampling), axis=-1)
+    token = token.astype(jnp.int32)
+    logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
+    return token, logprob
+
+
+def make_generate_fn(model: nn.Module, sampling: SamplingParams, prompt_len: int) -> Callable:
+    """Builds a jitted ``generate(params, prompt_ids, prompt_mask, rng) -> dict``.
+
+    ``params`` is the model's parameter tree (what goes under ``"params"``);
+    ``prompt_ids``/``prompt_mask`` are [B, prompt_len] LEFT-padded. Returns
+    ``tokens`` [B, N] int32 (EOS included, ``pad_id`` after it), ``logprobs`` [B, N]
+    float32 (log_softmax of the raw model logits at the chosen token, 0 after
+    done), ``lengths`` [B] int32 (generated tokens incl. EOS) and ``done`` [B] bool
+    (EOS emitted), with ``N = max_new_tokens``. Compiles once per batch size.
+    """
+    n_new = sampling.max_new_tokens
+    total_len = prompt_len + n_new
+    if total_len > model.config.n_positions:
+        raise ValueError(f"prompt_len + max_new_tokens = {total_len} exceeds n_positions={model.config.n_positions}")
+
+    def generate(params, prompt_ids, prompt_mask, rng):
+        batch = prompt_ids.shape[0]
+        if prompt_ids.shape != (batch, prompt_len) or prompt_mask.shape != (batch, prompt_len):
+            raise ValueError(f"expected [B, {prompt_len}] prompts, got {prompt_ids.shape} / {prompt_mask.shape}")
+        variables = {"params": params}
+        prompt_mask = prompt_mask.astype(jnp.int32)
+        # Generated slots are always valid keys; causality hides the future ones.
+        kv_mask = jnp.concatenate([prompt_mask, jnp.ones((batch, n_new), jnp.int32)], axis=1)
+        # Prefill; LM logits only for the last prompt column (left padding).
+        hidden, cache = model.apply(
+            variables,
+            prompt_ids.astype(jnp.int32),
+            positions=positions_from_mask(prompt_mask),
+            attention_mask=kv_mask,
+            cache=init_cache(model.config, batch, total_len),
+            method="hidden_states",
+        )
+        first_logits = model.apply(variables, hidden[:, -1], method="lm_logits")
+        next_pos = jnp.sum(prompt_mask, axis=-1)  # position id of the first new token
+
+        def emit(state, logits, key):
+            """Chooses token ``step`` from ``logits`` and records it."""
+            step, done = state["step"], state["done"]
+            token, logprob = _choose(logits, key, sampling)
+            token = jnp.where(done, sampling.pad_id, token)
+            logprob = jnp.where(done, 0.0, logprob)
+            return dict(
+                state,
+                step=step + 1,
+                tokens=state["tokens"].at[:, step].set(token),
+                logprobs=state["logprobs"].at[:, step].set(logprob),
+                lengths=state["lengths"] + (~done).astype(jnp.int32),
+                done=done | (token == sampling.eos_id),
+                last=token,
+            )
+
+        def cond(state):
+            return (state["step"] < n_new) & ~jnp.all(state["done"])
+
+        def body(state):
+            rng, key = jax.random.split(state["rng"])
+            positions = (next_pos + state["step"] - 1)[:, None]
+            out = model.apply(
+                variables, state["last"][:, None], positions=positions, attention_mask=kv_mask, cache=state["cache"]
+            )
+            return emit(dict(state, cache=out.cache, rng=rng), out.logits[:, -1], key)
+
+        rng, key = jax.random.split(rng)
+        state = dict(
+            step=jnp.zeros((), jnp.int32),
+            tokens=jnp.full((batch, n_new), sampling.pad_id, jnp.int32),
+            logprobs=jnp.zeros((batch, n_new), jnp.float32),
+            lengths=jnp.zeros((batch,), jnp.int32),
+            done=jnp.zeros((batch,), jnp.bool_),
+            last=jnp.zeros((batch,), jnp.int32),
+            cache=cache,
+            rng=rng,
+        )
+        state = jax.lax.while_loop(cond, body, emit(state, first_logits, key))
+        return {k: state[k] for k in ("tokens", "logprobs", "lengths", "done")}
+
+    return jax.jit(generate)

@@ -1,0 +1,195 @@
+"""Tests for the compiled KV-cache sampler."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlaif_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
+from rlaif_jax.sampling import SamplingParams, left_pad, make_generate_fn, positions_from_mask
+
+CFG = GPT2Config(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+MODEL = GPT2LMHeadModel(CFG)
+PROMPT_LEN, N_NEW = 8, 10
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [1, 2, 3], [40], [7, 7, 7, 7, 7, 7]]
+
+
+def _params(seed, scale=0.3):
+    """Random params with peaked output distributions."""
+    params = jax.jit(MODEL.init)(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))["params"]
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.key(seed + 1000), len(leaves))
+    leaves = [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return _params(0)
+
+
+def _sp(**kw):
+    return SamplingParams(**{"max_new_tokens": N_NEW, "eos_id": 96, "pad_id": 0, **kw})
+
+
+@jax.jit
+def _forward_logits(params, ids, mask):
+    return MODEL.apply({"params": params}, ids, positions=positions_from_mask(mask), attention_mask=mask).logits
+
+
+def _full_logits(params, prompt_ids, prompt_mask, tokens):
+    """Full-forward logits predicting each generated token: [B, N, V]."""
+    ids = np.concatenate([prompt_ids, tokens], axis=1)
+    mask = np.concatenate([prompt_mask, np.ones_like(tokens)], axis=1)
+    return np.asarray(_forward_logits(params, ids, mask)[:, PROMPT_LEN - 1 : -1])
+
+
+def _naive_greedy(params, prompt_ids, prompt_mask, n_new, eos_id, pad_id):
+    """Reference: full forward over the sequence so far, argmax, append; pads after EOS.
+
+    The sequence lives in a fixed [B, P + n_new] buffer so the forward compiles once;
+    causal attention makes the not-yet-written tail irrelevant.
+    """
+    batch = len(prompt_ids)
+    ids = np.concatenate([prompt_ids, np.zeros((batch, n_new), np.int32)], 1)
+    mask = np.concatenate([prompt_mask, np.ones((batch, n_new), np.int32)], 1)
+    done = np.zeros(batch, bool)
+    for i in range(n_new):
+        logits = _forward_logits(params, ids, mask)[:, PROMPT_LEN + i - 1]
+        token = np.where(done, pad_id, np.asarray(jnp.argmax(logits, -1)))
+        done |= token == eos_id
+        ids[:, PROMPT_LEN + i] = token
+    return ids[:, PROMPT_LEN:]
+
+
+def test_left_pad_and_positions():
+    ids, mask = left_pad([[1, 2, 3], [4, 5, 6, 7, 8, 9], []], 4, pad_id=0)
+    np.testing.assert_array_equal(ids, [[0, 1, 2, 3], [6, 7, 8, 9], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(mask, [[0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0]])
+    assert ids.dtype == mask.dtype == np.int32
+    np.testing.assert_array_equal(positions_from_mask(mask), [[0, 0, 1, 2], [0, 1, 2, 3], [0, 0, 0, 0]])
+
+
+def test_sampling_params_validation():
+    with pytest.raises(ValueError):
+        _sp(temperature=0.0)
+    with pytest.raises(ValueError):
+        _sp(top_p=0.0)
+    with pytest.raises(TypeError):
+        SamplingParams(10, eos_id=1, pad_id=0)  # keyword-only
+
+
+def test_greedy_matches_naive_loop_and_eos(params):
+    ids, mask = left_pad(PROMPTS, PROMPT_LEN, pad_id=0)
+    # An eos_id that greedy never emits: all rows run to max_new_tokens.
+    free = _naive_greedy(params, ids, mask, N_NEW, eos_id=-1, pad_id=0)
+    unused = sorted(set(range(CFG.vocab_size)) - set(free.ravel().tolist()))[0]
+    out = make_generate_fn(MODEL, _sp(greedy=True, eos_id=unused), PROMPT_LEN)(params, ids, mask, jax.random.key(0))
+    np.testing.assert_array_equal(out["tokens"], free)
+    np.testing.assert_array_equal(out["lengths"], N_NEW)
+    assert not np.asarray(out["done"]).any()
+    assert out["tokens"].dtype == jnp.int32 and out["lengths"].dtype == jnp.int32
+    assert out["logprobs"].dtype == jnp.float32 and out["done"].dtype == jnp.bool_
+
+    # EOS = the token row 0 emits at step 3: rows stop at their first EOS and pad after it.
+    eos = int(free[0, 3])
+    pad = 95
+    out = make_generate_fn(MODEL, _sp(greedy=True, eos_id=eos, pad_id=pad), PROMPT_LEN)(params, ids, mask, jax.random.key(0))
+    tokens, lengths, done = (np.asarray(out[k]) for k in ("tokens", "lengths", "done"))
+    first_eos = (free == eos).argmax(1)
+    hit = (free == eos).any(1)
+    assert hit[0] and first_eos[0] <= 3
+    np.testing.assert_array_equal(done, hit)
+    np.testing.assert_array_equal(lengths, np.where(hit, first_eos + 1, N_NEW))
+    for row in range(len(PROMPTS)):
+        n = lengths[row]
+        np.testing.assert_array_equal(tokens[row, :n], free[row, :n])
+        assert (tokens[row, n:] == pad).all() and (np.asarray(out["logprobs"])[row, n:] == 0).all()
+        assert (np.asarray(out["logprobs"])[row, :n] < 0).all()
+
+
+def test_top_k_1_equals_greedy(params):
+    ids, mask = left_pad(PROMPTS, PROMPT_LEN, pad_id=0)
+    greedy = make_generate_fn(MODEL, _sp(greedy=True), PROMPT_LEN)(params, ids, mask, jax.random.key(0))
+    top1 = make_generate_fn(MODEL, _sp(top_k=1, temperature=1.7), PROMPT_LEN)(params, ids, mask, jax.random.key(1))
+    for k in ("tokens", "lengths", "done"):
+        np.testing.assert_array_equal(greedy[k], top1[k])
+    np.testing.assert_allclose(greedy["logprobs"], top1["logprobs"], atol=1e-6)
+
+
+def _many_prompts(n_rows, seed=0):
+    rs = np.random.RandomState(seed)
+    prompts = [rs.randint(1, CFG.vocab_size, rs.randint(1, PROMPT_LEN + 1)).tolist() for _ in range(n_rows)]
+    return left_pad(prompts, PROMPT_LEN, pad_id=0)
+
+
+@pytest.mark.parametrize("kw", [dict(top_k=5, temperature=1.3), dict(top_p=0.6, temperature=0.8)])
+def test_samples_lie_in_filtered_set_and_logprobs_match(params, kw):
+    ids, mask = _many_prompts(64)
+    sp = _sp(eos_id=3, **kw)
+    out = make_generate_fn(MODEL, sp, PROMPT_LEN)(params, ids, mask, jax.random.key(7))
+    tokens, lengths, logprobs = (np.asarray(out[k]) for k in ("tokens", "lengths", "logprobs"))
+    logits = _full_logits(params, ids, mask, tokens)
+    valid = np.arange(N_NEW)[None] < lengths[:, None]
+    assert valid.sum() > 200
+
+    chosen = np.take_along_axis(logits, tokens[..., None], -1)[..., 0]
+    if sp.top_k:
+        in_set = chosen >= np.sort(logits, -1)[..., -sp.top_k]
+    else:
+        probs = np.asarray(jax.nn.softmax(logits / sp.temperature, -1))
+        chosen_p = np.take_along_axis(probs, tokens[..., None], -1)[..., 0]
+        mass_above = np.where(probs > chosen_p[..., None], probs, 0).sum(-1)
+        in_set = mass_above < sp.top_p + 1e-5
+        nucleus_size = (np.cumsum(-np.sort(-probs, -1), -1) < sp.top_p).sum(-1) + 1
+        assert (nucleus_size[valid] < CFG.vocab_size // 2).all()  # the filter really removes tokens
+    assert in_set[valid].all()
+    assert (chosen[valid] < logits.max(-1)[valid]).any()  # not just greedy
+
+    expected = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits, -1)), tokens[..., None], -1)[..., 0]
+    np.testing.assert_allclose(logprobs[valid], expected[valid], atol=1e-4)
+    assert (logprobs[~valid] == 0).all() and (tokens[~valid] == sp.pad_id).all()
+
+
+def test_rng_determinism(params):
+    ids, mask = _many_prompts(16)
+    fn = make_generate_fn(MODEL, _sp(), PROMPT_LEN)
+    a = fn(params, ids, mask, jax.random.key(0))
+    b = fn(params, ids, mask, jax.random.key(0))
+    c = fn(params, ids, mask, jax.random.key(1))
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert (np.asarray(a["tokens"]) != np.asarray(c["tokens"])).any()
+
+
+def test_no_retrace_on_new_params_and_prompts(params):
+    traces = []
+
+    class CountingLM(GPT2LMHeadModel):
+        def hidden_states(self, input_ids, **kw):
+            traces.append(input_ids.shape)
+            return super().hidden_states(input_ids, **kw)
+
+    fn = make_generate_fn(CountingLM(CFG), _sp(top_k=10, top_p=0.9), PROMPT_LEN)
+    ids, mask = _many_prompts(8, seed=1)
+    first = fn(params, ids, mask, jax.random.key(0))
+    n_traces = len(traces)
+    assert n_traces == 2  # prefill + the while_loop body
+    ids2, mask2 = _many_prompts(8, seed=2)
+    second = fn(_params(5), ids2, mask2, jax.random.key(1))
+    assert len(traces) == n_traces and fn._cache_size() == 1
+    assert (np.asarray(first["tokens"]) != np.asarray(second["tokens"])).any()
+    # A new batch size compiles once more.
+    fn(params, ids[:4], mask[:4], jax.random.key(0))
+    assert fn._cache_size() == 2
+
+
+def test_bf16_model_generates():
+    cfg = dataclasses.replace(CFG, dtype="bfloat16")
+    model = GPT2LMHeadModel(cfg)
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    ids, mask = _many_prompts(4)
+    out = make_generate_fn(model, _sp(), PROMPT_LEN)(params, ids, mask, jax.random.key(0))
+    assert out["tokens"].shape == (4, N_NEW) and np.isfinite(np.asarray(out["logprobs"])).all()
