@@ -1,4 +1,4 @@
-"""The embedded default: a few-million-parameter GPT-2 trained from scratch on CPU.
+"""The embedded default: a 1.4M-parameter GPT-2 (4 layers, 128 wide) trained from scratch on CPU.
 
 Data: the Hugging Face APIBench records (seeded 80/10/10 split) plus TorchHub train (10% held out
 for validation); TorchHub eval is a second test set. Tokenizer: a byte-level BPE trained on the
@@ -14,18 +14,19 @@ def get_config(arg=None):
     del arg
     c = base_config()
     c.model.n_positions = 512
-    c.model.n_embd = 256
+    c.model.n_embd = 128
     c.model.n_layer = 4
     c.model.n_head = 4
     c.model.dropout = 0.1
     c.tokenizer.vocab_size = 4096
     c.data.max_len = 512
-    c.sft.steps = 1000
+    c.sft.steps = 300
     c.sft.batch_size = 16
-    c.sft.lr = 1e-3
-    c.sft.warmup_steps = 50
-    c.sft.eval_every = 250
-    c.checkpoint.every_steps = 250
+    c.sft.lr = 2e-3
+    c.sft.warmup_steps = 20
+    c.sft.log_every = 10
+    c.sft.eval_every = 100
+    c.checkpoint.every_steps = 100
     c.sample.max_prompt_len = 96
     c.sample.max_new_tokens = 384
     c.sample.batch_size = 32

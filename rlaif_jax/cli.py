@@ -50,19 +50,19 @@ def _usage() -> str:
 
 def _main(argv):
     if len(argv) != 2 or argv[1] not in COMMANDS:
-        extra = f"unknown command or extra arguments: {' '.join(argv[1:])!r}\n" if argv[1:] else ""
-        raise app.UsageError(extra + _usage())
+        sys.exit(f"rlaif-jax: unknown command or extra arguments: {' '.join(argv[1:])!r}\n"
+                 + _usage())
     if _CONFIG.value is None:
-        raise app.UsageError("--config is required, e.g. --config=configs/tiny.py")
+        sys.exit("rlaif-jax: --config is required, e.g. --config=configs/tiny.py")
     if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required")
+        sys.exit("rlaif-jax: --workdir is required")
     from rlaif_jax.config import ConfigError, save_resolved, validate
 
     command, config = argv[1], _CONFIG.value
     try:
         validate(config)
     except ConfigError as e:
-        raise app.UsageError(str(e)) from None
+        sys.exit(f"rlaif-jax: {e}")
     workdir = pathlib.Path(_WORKDIR.value)
     save_resolved(config, workdir, command)
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
@@ -70,6 +70,12 @@ def _main(argv):
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax/jax chatter via absl.logging
+    if config.compilation_cache:
+        import jax
+        jax.config.update("jax_compilation_cache_dir",
+                          str(pathlib.Path(config.compilation_cache).expanduser()))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     COMMANDS[command][0](config, workdir)
 
 

@@ -27,6 +27,7 @@ def base_config() -> ConfigDict:
     c = ConfigDict()
     c.seed = 0
     c.progress = True  # progress bars with ETA on stderr
+    c.compilation_cache = "~/.cache/rlaif_jax/xla"  # persistent XLA cache ("" = off)
 
     c.model = ConfigDict()
     c.model.family = "gpt2"
@@ -59,6 +60,8 @@ def base_config() -> ConfigDict:
     c.data.prompt_template = "###Instruction: {instruction}\n###Output: "
     c.data.sections = ("domain", "api_call", "api_provider", "explanation", "code")
     c.data.max_len = 512  # tokens of prompt + response; longer examples are cut at the end
+    c.data.length_bucket = 64  # batches are cut to a multiple of this past their longest row
+    c.data.group_by_length = True  # batch examples of similar length (less padding)
 
     c.sft = ConfigDict()
     c.sft.steps = 1000

@@ -59,15 +59,28 @@ def test_long_examples_are_cut_and_counted(tokenizer):
     assert enc.n_truncated == 2 and enc.attention_mask.all()
 
 
-def test_batch_schedule_is_deterministic_and_covers_epochs():
-    a, b = sft_data.BatchSchedule(10, 4, seed=3), sft_data.BatchSchedule(10, 4, seed=3)
-    steps = [a.indices(s) for s in range(5)]  # 20 indices = two full epochs
-    assert all((x == b.indices(s)).all() for s, x in enumerate(steps))
-    flat = np.concatenate(steps)
-    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
-    assert a.position(3) == {"epoch": 1, "offset": 2}
-    c = sft_data.BatchSchedule(10, 4, seed=4)
+@pytest.mark.parametrize("group", [False, True])
+def test_batch_schedule_is_deterministic_and_covers_epochs(group):
+    lengths = np.arange(10) * 7 % 13
+    a = sft_data.BatchSchedule(lengths, 3, seed=3, group_by_length=group, group_window=2)
+    b = sft_data.BatchSchedule(lengths, 3, seed=3, group_by_length=group, group_window=2)
+    assert a.batches_per_epoch == 3
+    steps = [a.indices(s) for s in range(6)]  # two epochs of 3 batches, 1 example left over
+    assert all((x == b.indices(s)).all() for s, x in reversed(list(enumerate(steps))))
+    for epoch in (steps[:3], steps[3:]):
+        flat = np.concatenate(epoch)
+        assert len(set(flat.tolist())) == 9  # no example twice within an epoch
+    assert a.position(4) == {"epoch": 1, "batch": 1}
+    c = sft_data.BatchSchedule(lengths, 3, seed=4, group_by_length=group, group_window=2)
     assert any((c.indices(s) != x).any() for s, x in enumerate(steps))
+
+
+def test_grouping_by_length_reduces_padding():
+    lengths = np.random.default_rng(0).integers(10, 500, size=2000)
+    def padded(group):
+        sched = sft_data.BatchSchedule(lengths, 16, seed=0, group_by_length=group)
+        return sum(lengths[sched.indices(s)].max() * 16 for s in range(sched.batches_per_epoch))
+    assert padded(True) < 0.7 * padded(False)
 
 
 def test_eval_batches_pad_with_zero_masks(tokenizer):
@@ -84,3 +97,14 @@ def test_unigram_baseline_matches_hand_computation(tokenizer):
     counts = np.bincount(toks, minlength=vocab) + 1.0
     expected = -np.mean(np.log(counts[toks] / counts.sum()))
     assert sft_data.unigram_baseline(enc, enc, vocab) == pytest.approx(expected)
+
+
+def test_trim_to_bucket_keeps_every_real_token(tokenizer):
+    enc = sft_data.encode(_records(), tokenizer, load_config("smoke").data)
+    batch = enc.take(np.arange(2))
+    used = int(batch["attention_mask"].sum(1).max())
+    trimmed = sft_data.trim_to_bucket(batch, 16)
+    keep = trimmed["input_ids"].shape[1]
+    assert keep % 16 == 0 and used <= keep < used + 16
+    assert trimmed["attention_mask"].sum() == batch["attention_mask"].sum()
+    assert sft_data.trim_to_bucket(batch, 0)["input_ids"].shape == batch["input_ids"].shape

@@ -63,32 +63,67 @@ def encode(records, tokenizer, data_cfg) -> EncodedSplit:
 
 
 class BatchSchedule:
-    """Which examples form the batch of a given step: a new seeded permutation every epoch."""
+    """Which examples form the batch of a given step; a pure function of (seed, step).
 
-    def __init__(self, num_examples: int, batch_size: int, seed: int):
-        if num_examples < 1:
-            raise ValueError("the training split is empty")
-        self.n, self.batch_size, self.seed = num_examples, batch_size, seed
+    Every epoch is a new seeded permutation of the examples, cut into `batch_size` batches (the
+    few examples left over are dropped for that epoch only). With `group_by_length`, the
+    permutation is first cut into windows of `group_window` batches, each window is sorted by
+    length and cut into batches, and the batches are shuffled: batches then hold examples of
+    similar length, so trimming padding (`trim_to_bucket`) saves most of the padded compute.
+    """
 
-    def _perm(self, epoch: int) -> np.ndarray:
-        key = zlib.crc32(f"sft-epoch-{self.seed}-{epoch}".encode())
-        return np.random.default_rng(key).permutation(self.n)
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int,
+                 group_by_length: bool = True, group_window: int = 32):
+        self.lengths = np.asarray(lengths)
+        self.n, self.batch_size, self.seed = len(self.lengths), batch_size, seed
+        if self.n < batch_size:
+            raise ValueError(f"the training split has {self.n} examples, fewer than one batch "
+                             f"of {batch_size}")
+        self.batches_per_epoch = self.n // batch_size
+        self.group_by_length, self.group_window = group_by_length, group_window
+        self._epoch_cache: tuple[int, np.ndarray] | None = None
+
+    def _rng(self, epoch: int) -> np.random.Generator:
+        return np.random.default_rng(zlib.crc32(f"sft-epoch-{self.seed}-{epoch}".encode()))
+
+    def _epoch_batches(self, epoch: int) -> np.ndarray:
+        """[batches_per_epoch, batch_size] example indices of one epoch."""
+        if self._epoch_cache is not None and self._epoch_cache[0] == epoch:
+            return self._epoch_cache[1]
+        rng = self._rng(epoch)
+        perm = rng.permutation(self.n)[:self.batches_per_epoch * self.batch_size]
+        if self.group_by_length:
+            window = self.group_window * self.batch_size
+            chunks = [perm[i:i + window] for i in range(0, len(perm), window)]
+            perm = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
+        batches = perm.reshape(self.batches_per_epoch, self.batch_size)
+        if self.group_by_length:
+            batches = batches[rng.permutation(self.batches_per_epoch)]
+        self._epoch_cache = (epoch, batches)
+        return batches
 
     def position(self, step: int) -> dict:
         """The data position reached before `step` (stored in checkpoints for the record)."""
-        start = step * self.batch_size
-        return {"epoch": start // self.n, "offset": start % self.n}
+        epoch, batch = divmod(step, self.batches_per_epoch)
+        return {"epoch": epoch, "batch": batch}
 
     def indices(self, step: int) -> np.ndarray:
-        start = step * self.batch_size
-        out = []
-        epoch, offset = divmod(start, self.n)
-        while len(out) < self.batch_size:
-            perm = self._perm(epoch)
-            take = perm[offset:offset + self.batch_size - len(out)]
-            out.extend(take.tolist())
-            epoch, offset = epoch + 1, 0
-        return np.asarray(out, np.int64)
+        epoch, batch = divmod(step, self.batches_per_epoch)
+        return self._epoch_batches(epoch)[batch]
+
+
+def trim_to_bucket(batch: dict, bucket: int) -> dict:
+    """Cuts trailing all-padding columns, keeping a length that is a multiple of `bucket`.
+
+    Padding never changes the loss, so this only saves compute; the jitted step compiles once per
+    distinct length (at most max_len / bucket shapes). `bucket=0` keeps the full length.
+    """
+    length = batch["attention_mask"].shape[-1]
+    if bucket <= 0:
+        return batch
+    used = int(batch["attention_mask"].sum(axis=-1).max())
+    keep = min(length, max(bucket, -(-used // bucket) * bucket))
+    return {k: v[..., :keep] for k, v in batch.items()}
 
 
 def eval_batches(split: EncodedSplit, batch_size: int):
