@@ -76,7 +76,7 @@ def test_eight_devices_give_the_same_losses_as_one(smoke_run, tmp_path):
     for key in ("loss", "val_loss"):
         a, b = _column(smoke_run, key), _column(tmp_path / "eight", key)
         assert len(a) == len(b) > 0
-        np.testing.assert_allclose(a, b, rtol=2e-4)
+        np.testing.assert_allclose(a, b, rtol=1e-5)  # measured: ~1e-7
     s1 = json.loads((smoke_run / "summaries" / "sft.json").read_text())
     s8 = json.loads((tmp_path / "eight" / "summaries" / "sft.json").read_text())
     assert s8["mesh"] == {"data": 4, "fsdp": 2} and s1["mesh"] == {"data": 1, "fsdp": 1}
