@@ -13,6 +13,7 @@ from rlaif_jax.models.gpt2 import (
     GPT2LMHeadModel,
     ModelOutput,
     RewardModel,
+    _decode_widths,
     count_params,
     init_cache,
 )
@@ -202,6 +203,67 @@ def test_kv_cache_decoding_matches_full_forward(params, left_pad):
     cached = np.concatenate(pieces, axis=1)
     valid = np.asarray(mask, bool)
     np.testing.assert_allclose(cached[valid], full[valid], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_decoding_across_attention_windows(params, dtype):
+    """Token-by-token decoding through every static attention width (see _DECODE_WINDOWS)
+    gives the full-forward logits and the same cache as one multi-token call."""
+    cfg = dataclasses.replace(CFG, dtype=dtype)
+    model = GPT2LMHeadModel(cfg)
+    max_len, n = 64, 50
+    assert len(_decode_widths(max_len)) == 8 and _decode_widths(max_len)[-1] == max_len
+    ids = _ids(11, (B, n))
+    mask = np.ones((B, n), np.int32)
+    mask[1, :4] = 0  # left padding
+    mask[2, :17] = 0
+    positions = positions_from_mask(mask)
+    full = np.asarray(model.apply({"params": params}, ids, positions=positions, attention_mask=mask).logits)
+    kv_mask = jnp.pad(jnp.asarray(mask), ((0, 0), (0, max_len - n)))
+
+    @jax.jit
+    def step(tokens, pos, cache):
+        out = model.apply({"params": params}, tokens, positions=pos, attention_mask=kv_mask, cache=cache)
+        return out.logits, out.cache
+
+    # 1-token prefill (also the decode path), then one token at a time past slot 48.
+    cache = init_cache(cfg, B, max_len)
+    pieces = []
+    for t in range(n):
+        logits, cache = step(ids[:, t : t + 1], positions[:, t : t + 1], cache)
+        pieces.append(np.asarray(logits))
+    assert int(cache["index"]) == n
+    cached = np.concatenate(pieces, axis=1)
+    valid = mask.astype(bool)
+    atol = 1e-5 if dtype == "float32" else 0.05 * np.abs(full).max()
+    np.testing.assert_allclose(cached[valid], full[valid], atol=atol, rtol=0)
+
+    # Same keys/values in the same layer and slot as writing all n tokens at once
+    # (at valid slots: above layer 0, a pad slot's entries depend on attention over
+    # no valid key); slots >= n stay untouched.
+    _, one_call = step(ids, positions, init_cache(cfg, B, max_len))
+    for name in ("k", "v"):
+        a, b = (np.asarray(c[name], np.float32) for c in (cache, one_call))
+        tol = 1e-5 if dtype == "float32" else 0.05
+        np.testing.assert_allclose(a[:, :, :n][:, valid], b[:, :, :n][:, valid], atol=tol, rtol=tol)
+        assert (a[:, :, n:] == 0).all() and (np.abs(a[:, :, :n]).max(axis=(1, 2, 3, 4)) > 0).all()
+
+
+def test_decode_step_updates_cache_in_place(params):
+    """The compiled decode step writes the new rows into the cache buffers instead of
+    copying or re-stacking the [L,B,S,H,Dh] arrays (the cost that dominated sampling)."""
+    model = GPT2LMHeadModel(CFG)
+    cache = init_cache(CFG, B, 48)
+
+    def step(params, tokens, cache):
+        return model.apply({"params": params}, tokens, positions=jnp.zeros_like(tokens), cache=cache).cache
+
+    hlo = jax.jit(step, donate_argnums=2).lower(params, _ids(12, (B, 1)), cache).compile().as_text()
+    full = "f32[" + ",".join(map(str, cache["k"].shape)) + "]"
+    producers = [line for line in hlo.splitlines() if f"= {full}" in line]
+    assert producers, hlo
+    bad = [line for line in producers if any(f" {op}(" in line for op in ("copy", "concatenate"))]
+    assert not bad, "\n".join(bad)
 
 
 def test_cache_layout():

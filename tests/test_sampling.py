@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from rlaif_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
-from rlaif_jax.sampling import SamplingParams, left_pad, make_generate_fn, positions_from_mask
+from rlaif_jax.sampling import (
+    SamplingParams,
+    _argmax,
+    _categorical,
+    filter_logits,
+    left_pad,
+    make_generate_fn,
+    positions_from_mask,
+)
 
 CFG = GPT2Config(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4)
 MODEL = GPT2LMHeadModel(CFG)
@@ -79,6 +87,65 @@ def test_sampling_params_validation():
         _sp(top_p=0.0)
     with pytest.raises(TypeError):
         SamplingParams(10, eos_id=1, pad_id=0)  # keyword-only
+
+
+def _hard_logits(vocab, seed=0):
+    """[rows, vocab] float32 logits with the awkward cases: ties, signed zeros, -inf, flat and peaked rows."""
+    rs = np.random.RandomState(seed)
+    ties = rs.randint(-4, 4, (16, vocab)).astype(np.float32)
+    signed_zeros = np.where(ties == 0, np.float32(-0.0), ties)
+    signed_zeros[:, ::5] = 0.0
+    masked = rs.randn(16, vocab).astype(np.float32)
+    masked[rs.rand(16, vocab) < 0.6] = -np.inf
+    one_left = np.full((2, vocab), -np.inf, np.float32)
+    one_left[:, 7] = 0.5
+    return np.concatenate([3 * rs.randn(32, vocab), 12 * rs.randn(16, vocab), 0.01 * rs.randn(16, vocab),
+                           ties, signed_zeros, masked, one_left, np.ones((2, vocab))]).astype(np.float32)
+
+
+def test_argmax_and_categorical_match_jax():
+    x = _hard_logits(CFG.vocab_size)
+    np.testing.assert_array_equal(jax.jit(_argmax)(x), jnp.argmax(x, axis=-1))
+    nan_rows = x[:4].copy()
+    nan_rows[0, [5, 9]] = np.nan
+    nan_rows[1, 0] = np.nan
+    nan_rows[2, 3], nan_rows[2, 8] = np.inf, np.nan  # NaN beats an earlier +inf
+    np.testing.assert_array_equal(jax.jit(_argmax)(nan_rows), jnp.argmax(nan_rows, axis=-1))
+    for seed in range(5):
+        key = jax.random.key(seed)
+        np.testing.assert_array_equal(
+            jax.jit(_categorical)(key, x), jax.jit(lambda k, l: jax.random.categorical(k, l, axis=-1))(key, x)
+        )
+
+
+def _sort_filter(logits, sampling):
+    """Reference top-k / top-p via a full sort (the original implementation)."""
+    logits = logits.astype(jnp.float32) / sampling.temperature
+    if 0 < sampling.top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if sampling.top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        keep = (jnp.cumsum(probs, axis=-1) - probs) < sampling.top_p
+        threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    return logits
+
+
+@pytest.mark.parametrize("vocab", [CFG.vocab_size, 4096])
+def test_filter_logits_matches_sort_reference(vocab):
+    """The sort-free thresholds equal the sorted ones: exactly for top-k; for top-p up
+    to float rounding of the cumulative mass (these cases keep clear of the boundary)."""
+    x = _hard_logits(vocab, seed=vocab)
+    settings = [dict(top_k=1), dict(top_k=5), dict(top_k=vocab - 1), dict(top_p=0.3), dict(top_p=0.9),
+                dict(top_p=1e-6), dict(top_k=50, top_p=0.8, temperature=0.7), dict(top_p=0.95, temperature=1.3)]
+    for kw in settings:
+        sp = _sp(**kw)
+        ours = np.asarray(jax.jit(lambda l: filter_logits(l, sp))(x))
+        ref = np.asarray(jax.jit(lambda l: _sort_filter(l, sp))(x))
+        np.testing.assert_array_equal(ours, ref, err_msg=str(kw))
+        assert (np.isfinite(ours).sum(-1) >= 1).all()
 
 
 def test_greedy_matches_naive_loop_and_eos(params):
