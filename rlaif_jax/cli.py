@@ -1,13 +1,16 @@
 """`rlaif-jax COMMAND --config=configs/NAME.py[:arg] [--config.a.b=value ...] --workdir DIR`.
 
-Every command reads the same ml-collections config. Unknown keys and values of the wrong type are
-rejected by the config flag while flags are parsed; `rlaif_jax.config.validate` then checks values.
-Both happen before any work starts. The resolved config is written to `DIR/config.COMMAND.json`
-and the log to `DIR/logs/COMMAND.log`.
+Every stage command reads the same ml-collections config. Unknown keys and values of the wrong
+type are rejected before flag parsing ends; `rlaif_jax.config.validate` then checks values. Both
+happen before any work starts. The resolved config is written to `DIR/config.COMMAND.json` and
+the log to `DIR/logs/COMMAND.log`.
+
+`rlaif-jax eval-responses` scores any Gorilla-format responses file and takes no config.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import pathlib
 import sys
@@ -19,6 +22,20 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/tiny.py (or configs/tiny.py:ARG).",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for this run's outputs.")
+# eval-responses
+_PROVIDER = flags.DEFINE_enum("provider", None, ["huggingface", "torchhub", "tensorflowhub"],
+                              "eval-responses: the API provider of the responses.")
+_RESPONSES = flags.DEFINE_string("responses", None, "eval-responses: responses JSONL file.")
+_APIBENCH = flags.DEFINE_string("apibench", None,
+                                "eval-responses: apibench file (default: the vendored one).")
+_API_DB = flags.DEFINE_string("api_db", None,
+                              "eval-responses: API database (default: the vendored one).")
+_METRICS = flags.DEFINE_list("metrics", ["ast", "rouge", "codebleu", "exec"],
+                             "eval-responses: measures to compute.")
+_OUT = flags.DEFINE_string("out", None, "eval-responses: write the JSON report here.")
+_EXEC_TIMEOUT = flags.DEFINE_float("exec_timeout", 10.0, "eval-responses: seconds per execution.")
+_WORKERS = flags.DEFINE_integer("workers", None, "eval-responses: parallel executions "
+                                "(default: one per core).")
 
 
 def _sft(config, workdir):
@@ -36,29 +53,56 @@ def _sample(config, workdir):
           f"{summary['finished_fraction']:.1%} ended with EOS, {summary['wall_time_s']} s")
 
 
+def _eval(config, workdir):
+    from rlaif_jax.evaluation import run_eval
+    report = run_eval.run(config, workdir)
+    print(f"Wrote {report['out']}")
+
+
+def _eval_responses(_config, _workdir):
+    from rlaif_jax.evaluation import evaluator
+
+    if not _PROVIDER.value or not _RESPONSES.value:
+        sys.exit("rlaif-jax eval-responses: --provider and --responses are required")
+    try:
+        report = evaluator.evaluate(
+            _PROVIDER.value, _RESPONSES.value, apibench=_APIBENCH.value, api_db=_API_DB.value,
+            metrics=_METRICS.value, exec_timeout=_EXEC_TIMEOUT.value, workers=_WORKERS.value,
+            progress=sys.stderr.isatty())
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"rlaif-jax eval-responses: {e}")
+    evaluator.print_report(report)
+    if _OUT.value:
+        out = pathlib.Path(_OUT.value)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"Wrote {out}")
+
+
+# name: (function, needs --config/--workdir, help)
 COMMANDS = {
-    "sft": (_sft, "supervised fine-tuning on the training split"),
-    "sample": (_sample, "K completions per prompt of a split, as Gorilla-format JSONL"),
+    "sft": (_sft, True, "supervised fine-tuning on the training split"),
+    "sample": (_sample, True, "K completions per prompt of a split, as Gorilla-format JSONL"),
+    "eval": (_eval, True, "sample the test split from the SFT checkpoint and score it"),
+    "eval-responses": (_eval_responses, False,
+                       "score a responses file: --provider P --responses F [--out report.json]"),
 }
 
 
 def _usage() -> str:
-    lines = [f"  {name:8s} {doc}" for name, (_, doc) in COMMANDS.items()]
+    lines = [f"  {name:15s} {doc}" for name, (_, _, doc) in COMMANDS.items()]
     return ("usage: rlaif-jax COMMAND --config=configs/NAME.py [--config.KEY=VALUE ...] "
             "--workdir DIR\ncommands:\n" + "\n".join(lines))
 
 
-def _main(argv):
-    if len(argv) != 2 or argv[1] not in COMMANDS:
-        sys.exit(f"rlaif-jax: unknown command or extra arguments: {' '.join(argv[1:])!r}\n"
-                 + _usage())
-    if _CONFIG.value is None:
+def _setup_run(command: str, config) -> pathlib.Path:
+    """Validates the config, writes it and the log into the workdir, sets up the XLA cache."""
+    from rlaif_jax.config import ConfigError, save_resolved, validate
+
+    if config is None:
         sys.exit("rlaif-jax: --config is required, e.g. --config=configs/tiny.py")
     if not _WORKDIR.value:
         sys.exit("rlaif-jax: --workdir is required")
-    from rlaif_jax.config import ConfigError, save_resolved, validate
-
-    command, config = argv[1], _CONFIG.value
     try:
         validate(config)
     except ConfigError as e:
@@ -69,14 +113,27 @@ def _main(argv):
     handler = logging.FileHandler(workdir / "logs" / f"{command}.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
-    logging.getLogger().setLevel(logging.INFO)
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax/jax chatter via absl.logging
     if config.compilation_cache:
         import jax
         jax.config.update("jax_compilation_cache_dir",
                           str(pathlib.Path(config.compilation_cache).expanduser()))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    COMMANDS[command][0](config, workdir)
+    return workdir
+
+
+def _main(argv):
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        sys.exit(f"rlaif-jax: unknown command or extra arguments: {' '.join(argv[1:])!r}\n"
+                 + _usage())
+    command = argv[1]
+    fn, needs_config, _ = COMMANDS[command]
+    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax/jax chatter via absl.logging
+    if needs_config:
+        config = _CONFIG.value
+        fn(config, _setup_run(command, config))
+    else:
+        fn(None, None)
 
 
 def main():

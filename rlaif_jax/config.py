@@ -102,6 +102,15 @@ def base_config() -> ConfigDict:
     c.sample.greedy = False
     c.sample.checkpoint = "sft"  # which stage's checkpoint to sample from
     c.sample.out = ""  # "" = <workdir>/samples/<split>.jsonl
+
+    c.eval = ConfigDict()
+    c.eval.split = "test"
+    c.eval.checkpoint = "sft"
+    c.eval.greedy = True  # False: sample with config.sample's temperature / top-k / top-p
+    c.eval.max_prompts = 0  # 0 = every prompt of the split
+    c.eval.metrics = ("ast", "rouge", "codebleu", "exec")
+    c.eval.exec_timeout = 10.0  # seconds per sandboxed execution
+    c.eval.exec_workers = 0  # parallel executions; 0 = one per core
     return c
 
 
@@ -155,6 +164,13 @@ def validate(config: ConfigDict) -> None:
     _require(sp.max_prompt_len + sp.max_new_tokens <= m.n_positions, "sample.max_new_tokens",
            "sample.max_prompt_len + sample.max_new_tokens must not exceed model.n_positions")
     _require(sp.checkpoint in ("sft",), "sample.checkpoint", "must be 'sft'")
+    e = config.eval
+    _require(e.split in ("train", "validation", "test"), "eval.split",
+             "must be train, validation or test")
+    _require(e.checkpoint in ("sft",), "eval.checkpoint", "must be 'sft'")
+    bad = set(e.metrics) - {"ast", "rouge", "codebleu", "exec"}
+    _require(not bad, "eval.metrics", f"unknown {sorted(bad)} (known: ast, rouge, codebleu, exec)")
+    _require(e.exec_timeout > 0, "eval.exec_timeout", "must be positive")
 
 
 def save_resolved(config: ConfigDict, workdir: pathlib.Path, command: str) -> pathlib.Path:

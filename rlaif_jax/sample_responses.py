@@ -3,7 +3,8 @@
 Each output line has Gorilla's response fields (`question_id`: 1-based line of the record in its
 apibench file; `text`: the completion) plus ours: `hub`, `split`, `sample_index`, `instruction`,
 `num_tokens`, `finished` (ended with EOS) and `logprob` (sum of the sampled tokens' log-probs).
-The file is written to a temporary name and renamed when complete.
+The file is written to a temporary name and renamed when complete; a summary (counts, fraction
+well-formed and ended with EOS, wall time) is written beside it as `<name>.summary.json`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from tqdm import tqdm
 
@@ -56,9 +58,13 @@ def well_formed(text: str) -> bool:
     return True
 
 
-def run(config, workdir: pathlib.Path) -> dict:
+def run(config, workdir: pathlib.Path, **overrides) -> dict:
+    """Samples `config.sample` (with `overrides` of its keys, e.g. `greedy=True`) and writes JSONL.
+
+    The summary is returned and written beside the output as `<out stem>.summary.json`.
+    """
     start_time = time.time()
-    sc = config.sample
+    sc = ml_collections.ConfigDict({**config.sample.to_dict(), **overrides})
     mesh = sharding.make_mesh(config.mesh)
     if sc.batch_size % sharding.batch_size_multiple(mesh):
         raise ValueError(f"config.sample.batch_size={sc.batch_size} must be divisible by the "
@@ -106,6 +112,7 @@ def run(config, workdir: pathlib.Path) -> dict:
                                                        n_well_formed + good)
                 f.write(json.dumps({
                     "question_id": int(rec["question_id"]), "text": text, "hub": rec["hub"],
+                    "source": rec["source"],
                     "split": sc.split, "sample_index": k, "instruction": rec["instruction"],
                     "num_tokens": length, "finished": finished, "well_formed": good,
                     "logprob": float(out["logprobs"][j, :length].sum())}) + "\n")
@@ -120,7 +127,5 @@ def run(config, workdir: pathlib.Path) -> dict:
     if n_truncated_prompts:
         logging.warning("%d prompts were longer than sample.max_prompt_len=%d and kept their end",
                         n_truncated_prompts, sc.max_prompt_len)
-    summaries = workdir / "summaries"
-    summaries.mkdir(parents=True, exist_ok=True)
-    (summaries / f"sample_{sc.split}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    out_path.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -71,6 +71,20 @@ def test_sft_learns_and_sample_writes_gorilla_jsonl(smoke_run):
         assert rec["sample_index"] in (0, 1)
 
 
+def test_eval_scores_the_test_split_from_the_checkpoint(smoke_run):
+    cli("eval", SMOKE, "--config.eval.max_prompts=16", "--workdir", smoke_run)
+    report = json.loads((smoke_run / "eval" / "sft" / "report.json").read_text())
+    assert report["overall"]["n"] == 16
+    providers = report["providers"]
+    assert set(providers) == {"huggingface/huggingface_eval.json", "torchhub/torchhub_eval.json"}
+    for p in providers.values():
+        for key in ("ast_accuracy", "hallucination", "rougeL", "codebleu", "executability"):
+            assert 0.0 <= p[key] <= 1.0
+    full = json.loads((smoke_run / "eval" / "sft" / "report_huggingface_huggingface_eval.json")
+                      .read_text())
+    assert len(full["records"]) + full["malformed"] == full["n"]
+
+
 def test_eight_devices_give_the_same_losses_as_one(smoke_run, tmp_path):
     cli("sft", "--config=configs/smoke.py:mesh8", "--workdir", tmp_path / "eight", env_extra=EIGHT)
     for key in ("loss", "val_loss"):

@@ -38,7 +38,7 @@ def _field(obj, name: str):
     return obj[name] if isinstance(obj, Mapping) else getattr(obj, name)
 
 
-def _source_path(hub: str, path: str, role: str) -> pathlib.Path:
+def source_path(hub: str, path: str, role: str) -> pathlib.Path:
     """`path`, or the vendored APIBench file a source of `role` uses when `path` is empty."""
     if path:
         return pathlib.Path(path)
@@ -86,7 +86,7 @@ def build_splits(cfg) -> datasets.DatasetDict:
         hub, role = _field(spec, "hub"), _field(spec, "role")
         if role not in ROLES:
             raise ValueError(f"source role {role!r} is not one of {ROLES}")
-        path = _source_path(hub, _field(spec, "path"), role)
+        path = source_path(hub, _field(spec, "path"), role)
         if (hub, path.resolve()) in seen:
             raise ValueError(f"source {hub} {path} is listed twice")
         seen.add((hub, path.resolve()))

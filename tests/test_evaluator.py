@@ -1,0 +1,84 @@
+"""eval-responses end to end: gold responses score high, malformed lines are counted, TF Hub works."""
+
+import json
+import re
+
+import pytest
+
+from conftest import cli
+from rlaif_jax.data import gorilla
+from rlaif_jax.evaluation import evaluator
+
+
+def _gold_lines(hub, split, n):
+    records, _ = gorilla.load_apibench(gorilla.apibench_path(hub, split), hub)
+    return [json.dumps({"question_id": int(r["question_id"]), "text": gorilla.format_target(r)})
+            for r in records[:n]]
+
+
+MALFORMED = ['{"question_id": 1, "text": ', '{"question_id": 2}', '{"question_id": 99999, "text": "x"}',
+             '{"question_id": "abc", "text": "x"}', '[1, 2]']
+
+
+def test_gold_responses_and_malformed_lines_through_the_cli(tmp_path):
+    responses = tmp_path / "responses.jsonl"
+    gold = _gold_lines("huggingface", "eval", 30)
+    responses.write_text("\n".join(gold[:10] + MALFORMED + gold[10:]) + "\n")
+    out = tmp_path / "report.json"
+    proc = cli("eval-responses", "--provider", "huggingface", "--responses", responses,
+               "--out", out)
+    assert "ast_accuracy" in proc.stdout  # the printed table
+    report = json.loads(out.read_text())
+    n = len(gold) + len(MALFORMED)
+    assert report["n"] == n and report["malformed"] == len(MALFORMED)
+    assert [m["line"] for m in report["malformed_lines"]] == list(range(11, 16))
+    assert len(report["records"]) == len(gold)
+    # Gold code scores (nearly) perfectly; malformed lines count as failures in every measure.
+    assert report["ast_accuracy"] >= 0.9 * len(gold) / n
+    assert report["ast_accuracy"] <= len(gold) / n
+    assert report["rougeL"] == pytest.approx(len(gold) / n, abs=1e-6)
+    # 7 of these 30 gold snippets are broken as written (invented classes, missing imports).
+    assert report["executability"] >= 0.7 * len(gold) / n
+    assert report["exec_failures"]["malformed_response"] == len(MALFORMED)
+    assert report["codebleu"] > 0.5 * len(gold) / n
+    assert sum(d["n"] for d in report["per_domain"].values()) == len(gold)
+    for key in ("hallucination", "ast_error", "strict_accuracy", "codebleu_components"):
+        assert key in report
+
+
+def test_invented_model_ids_are_hallucinations(tmp_path):
+    records, _ = gorilla.load_apibench(gorilla.apibench_path("torchhub", "eval"), "torchhub")
+    lines = []
+    for r in records[:20]:
+        # Every repo id becomes one nobody published (owner replaced, not prefixed: Gorilla's
+        # matcher tests substrings, so a prefixed real id would still match).
+        text = re.sub(r"""(torch\.hub\.load\(\s*(?:repo_or_dir\s*=\s*)?['"])[^/'"]+/""",
+                      r"\1nobody-real-42/", gorilla.format_target(r))
+        assert "nobody-real-42" in text
+        lines.append(json.dumps({"question_id": int(r["question_id"]), "text": text}))
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    report = evaluator.evaluate("torchhub", path, metrics=("ast", "exec"))
+    assert report["hallucination"] >= 0.8
+    assert report["executability"] <= 0.2
+
+
+def test_tensorflowhub_needs_and_uses_an_apibench_file(tmp_path):
+    apis = gorilla.load_api_db(gorilla.api_db_path("tensorflowhub"))[:12]
+    bench, responses = [], []
+    for i, api in enumerate(apis, start=1):
+        output = (f"<<<domain>>>: {api['domain']}\n<<<api_call>>>: {api['api_call']}\n"
+                  f"<<<api_provider>>>: TensorFlow Hub\n<<<explanation>>>: Load it.\n"
+                  f"<<<code>>>: import tensorflow_hub as hub\nmodel = {api['api_call']}")
+        code = f"###Instruction: task {i}\n###Output: {output}"
+        bench.append(json.dumps({"code": code, "api_call": api["api_call"],
+                                 "provider": "TensorFlow Hub", "api_data": api}))
+        responses.append(json.dumps({"question_id": i, "text": output}))
+    (tmp_path / "tf.json").write_text("\n".join(bench) + "\n")
+    (tmp_path / "r.jsonl").write_text("\n".join(responses) + "\n")
+    proc = cli("eval-responses", "--provider", "tensorflowhub", "--responses", tmp_path / "r.jsonl",
+               check=False)
+    assert proc.returncode != 0 and "apibench" in proc.stderr
+    report = evaluator.evaluate("tensorflowhub", tmp_path / "r.jsonl", apibench=tmp_path / "tf.json")
+    assert report["n"] == 12 and report["ast_accuracy"] >= 0.9
+    assert report["executability"] >= 0.9
