@@ -59,6 +59,27 @@ def _eval(config, workdir):
     print(f"Wrote {report['out']}")
 
 
+def _label(config, workdir):
+    from rlaif_jax.feedback import label
+    summary = label.run(config, workdir)
+    label.print_summary(summary)
+
+
+def _reward(config, workdir):
+    from rlaif_jax.train import reward
+    summary = reward.train(config, workdir)
+    print(f"Reward model done: held-out pairwise accuracy "
+          f"{summary.get('val_pairwise_accuracy', float('nan')):.3f}, "
+          f"AUC {summary.get('val_auc', float('nan')):.3f}, {summary['wall_time_s']} s")
+
+
+def _ppo(config, workdir):
+    from rlaif_jax.train import ppo
+    summary = ppo.train(config, workdir)
+    print(f"PPO done: {summary['iterations']} iterations, final mean reward "
+          f"{summary.get('final_reward', float('nan')):.3f}, {summary['wall_time_s']} s")
+
+
 def _eval_responses(_config, _workdir):
     from rlaif_jax.evaluation import evaluator
 
@@ -83,7 +104,10 @@ def _eval_responses(_config, _workdir):
 COMMANDS = {
     "sft": (_sft, True, "supervised fine-tuning on the training split"),
     "sample": (_sample, True, "K completions per prompt of a split, as Gorilla-format JSONL"),
-    "eval": (_eval, True, "sample the test split from the SFT checkpoint and score it"),
+    "label": (_label, True, "AI feedback: judge the sampled candidates, write labels and pairs"),
+    "reward": (_reward, True, "train the reward model on the AI labels"),
+    "ppo": (_ppo, True, "PPO against the reward model, KL to the SFT policy"),
+    "eval": (_eval, True, "sample the test split from a checkpoint (eval.checkpoint) and score it"),
     "eval-responses": (_eval_responses, False,
                        "score a responses file: --provider P --responses F [--out report.json]"),
 }

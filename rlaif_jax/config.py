@@ -111,6 +111,94 @@ def base_config() -> ConfigDict:
     c.eval.metrics = ("ast", "rouge", "codebleu", "exec")
     c.eval.exec_timeout = 10.0  # seconds per sandboxed execution
     c.eval.exec_workers = 0  # parallel executions; 0 = one per core
+
+    # AI feedback (`rlaif-jax label`): a judge answers the rubric's yes/no questions per candidate.
+    c.feedback = ConfigDict()
+    c.feedback.backend = "reference"  # "reference" (offline, gold-grounded) or "openai"
+    c.feedback.rubric = "gorilla8-v1"  # versioned question set (rlaif_jax/feedback/rubric.py)
+    c.feedback.include_api_doc = True  # show the gold API record in the judge prompt
+    c.feedback.candidates = ""  # "" = <workdir>/samples/<sample.split>.jsonl
+    c.feedback.cache = ""  # "" = <workdir>/feedback/cache.sqlite
+    c.feedback.threshold = 6  # acceptable when the hard score (yes count) >= this
+    c.feedback.pair_min_margin = 1.0  # preference pairs need best - worst score >= this
+    c.feedback.exec_timeout = 10.0  # reference judge: seconds per sandboxed run
+    c.feedback.dry_run = False  # estimate calls, tokens and cost; call nothing
+    # openai backend: any OpenAI-compatible endpoint.
+    c.feedback.base_url = "https://api.openai.com/v1"
+    c.feedback.model = "gpt-3.5-turbo"
+    c.feedback.api_key_env = "OPENAI_API_KEY"  # name of the variable holding the key
+    c.feedback.json_mode = True  # ask for a JSON object (response_format); text parsing fallback
+    c.feedback.logprobs = True  # request token logprobs for the soft score
+    c.feedback.temperature = 0.0
+    c.feedback.max_tokens = 200
+    c.feedback.max_concurrency = 8
+    c.feedback.requests_per_minute = 500
+    c.feedback.tokens_per_minute = 200_000
+    c.feedback.max_retries = 6
+    c.feedback.timeout = 60.0  # seconds per request
+    c.feedback.backoff_base = 1.0  # seconds; doubled per retry, with jitter, capped below
+    c.feedback.backoff_max = 60.0
+    c.feedback.batch_api = False  # use the OpenAI Batch API (offline, cheaper, slower)
+    # USD per million tokens, by model (cost is reported as unknown for other models).
+    c.feedback.prices = ConfigDict({
+            "gpt-3.5-turbo": ConfigDict({"input": 0.5, "output": 1.5}),
+            "gpt-4o-mini": ConfigDict({"input": 0.15, "output": 0.6}),
+            "gpt-4o": ConfigDict({"input": 2.5, "output": 10.0}),
+    })
+
+    # Reward model (`rlaif-jax reward`): the SFT trunk + a scalar head, trained on the AI labels.
+    c.reward = ConfigDict()
+    c.reward.loss = "pairwise"  # "pairwise" (Bradley-Terry on pairs) or "pointwise" (BCE)
+    c.reward.init = "sft"  # trunk initialised from this stage's checkpoint
+    c.reward.validation_fraction = 0.1  # held-out prompts for pairwise accuracy / AUC
+    c.reward.steps = 200
+    c.reward.batch_size = 16  # pairs (pairwise) or candidates (pointwise) per step
+    c.reward.lr = 1e-4
+    c.reward.warmup_steps = 10
+    c.reward.min_lr_ratio = 0.1
+    c.reward.weight_decay = 0.0
+    c.reward.b1 = 0.9
+    c.reward.b2 = 0.95
+    c.reward.eps = 1e-8
+    c.reward.clip_norm = 1.0
+    c.reward.eval_every = 50
+    c.reward.log_every = 10
+
+    # PPO (`rlaif-jax ppo`): policy + value head against the reward model, KL to the SFT policy.
+    c.ppo = ConfigDict()
+    c.ppo.iterations = 20
+    c.ppo.prompts_per_iteration = 32  # rollout batch (prompts of the training split)
+    c.ppo.max_new_tokens = 256
+    c.ppo.temperature = 1.0
+    c.ppo.epochs = 2  # passes over each rollout batch
+    c.ppo.minibatch_size = 16
+    c.ppo.lr = 1e-5
+    c.ppo.critic_lr = 5e-5
+    c.ppo.clip_norm = 1.0
+    c.ppo.critic = "separate"  # "separate" (own trunk, from the RM) or "shared" (head on policy)
+    c.ppo.kl_coef = 0.05  # initial beta of the per-token KL penalty
+    c.ppo.adaptive_kl = True
+    c.ppo.target_kl = 6.0  # adaptive controller: target KL per sequence (nats)
+    c.ppo.kl_horizon = 10_000
+    c.ppo.early_stop_kl = 0.0  # stop an iteration's epochs when approx KL > this (0 = off)
+    c.ppo.gamma = 1.0
+    c.ppo.lam = 0.95
+    c.ppo.clip_eps = 0.2
+    c.ppo.value_clip = 0.2
+    c.ppo.vf_coef = 0.5
+    c.ppo.ent_coef = 0.0
+    c.ppo.whiten_advantages = True
+    c.ppo.no_eos_penalty = -1.0  # added to the reward of responses that hit max_new_tokens
+    # Reward = rm_weight * RM score + exec_weight * executable + ast_weight * AST match.
+    c.ppo.rm_weight = 1.0
+    c.ppo.exec_weight = 0.0
+    c.ppo.ast_weight = 0.0
+    c.ppo.log_every = 1
+    c.ppo.checkpoint_every = 5
+
+    # The whole pipeline (`rlaif-jax run`).
+    c.stages = ("sft", "sample", "label", "reward", "ppo", "eval")
+    c.num_seeds = 1
     return c
 
 
@@ -163,11 +251,11 @@ def validate(config: ConfigDict) -> None:
     _require(0 < sp.top_p <= 1, "sample.top_p", "must be in (0, 1]")
     _require(sp.max_prompt_len + sp.max_new_tokens <= m.n_positions, "sample.max_new_tokens",
            "sample.max_prompt_len + sample.max_new_tokens must not exceed model.n_positions")
-    _require(sp.checkpoint in ("sft",), "sample.checkpoint", "must be 'sft'")
+    _require(sp.checkpoint in ("sft", "ppo"), "sample.checkpoint", "must be 'sft' or 'ppo'")
     e = config.eval
     _require(e.split in ("train", "validation", "test"), "eval.split",
              "must be train, validation or test")
-    _require(e.checkpoint in ("sft",), "eval.checkpoint", "must be 'sft'")
+    _require(e.checkpoint in ("sft", "ppo"), "eval.checkpoint", "must be 'sft' or 'ppo'")
     bad = set(e.metrics) - {"ast", "rouge", "codebleu", "exec"}
     _require(not bad, "eval.metrics", f"unknown {sorted(bad)} (known: ast, rouge, codebleu, exec)")
     _require(e.exec_timeout > 0, "eval.exec_timeout", "must be positive")
