@@ -80,6 +80,13 @@ def _ppo(config, workdir):
           f"{summary.get('final_reward', float('nan')):.3f}, {summary['wall_time_s']} s")
 
 
+def _run(config, workdir):
+    from rlaif_jax import pipeline
+    data = pipeline.run(config, workdir)
+    print(f"Wrote {workdir / 'report.md'} and {workdir / 'report.json'} "
+          f"(total {data.get('total_seconds')} s)")
+
+
 def _eval_responses(_config, _workdir):
     from rlaif_jax.evaluation import evaluator
 
@@ -104,6 +111,8 @@ def _eval_responses(_config, _workdir):
 COMMANDS = {
     "sft": (_sft, True, "supervised fine-tuning on the training split"),
     "sample": (_sample, True, "K completions per prompt of a split, as Gorilla-format JSONL"),
+    "run": (_run, True, "the whole pipeline (config.stages), skipping finished stages; "
+                        "writes report.md/json"),
     "label": (_label, True, "AI feedback: judge the sampled candidates, write labels and pairs"),
     "reward": (_reward, True, "train the reward model on the AI labels"),
     "ppo": (_ppo, True, "PPO against the reward model, KL to the SFT policy"),

@@ -129,6 +129,7 @@ def base_config() -> ConfigDict:
     c.feedback.api_key_env = "OPENAI_API_KEY"  # name of the variable holding the key
     c.feedback.json_mode = True  # ask for a JSON object (response_format); text parsing fallback
     c.feedback.logprobs = True  # request token logprobs for the soft score
+    c.feedback.top_logprobs = 5  # alternatives per token (P(yes) sums the yes-like ones)
     c.feedback.temperature = 0.0
     c.feedback.max_tokens = 200
     c.feedback.max_concurrency = 8
@@ -139,12 +140,14 @@ def base_config() -> ConfigDict:
     c.feedback.backoff_base = 1.0  # seconds; doubled per retry, with jitter, capped below
     c.feedback.backoff_max = 60.0
     c.feedback.batch_api = False  # use the OpenAI Batch API (offline, cheaper, slower)
-    # USD per million tokens, by model (cost is reported as unknown for other models).
-    c.feedback.prices = ConfigDict({
-            "gpt-3.5-turbo": ConfigDict({"input": 0.5, "output": 1.5}),
-            "gpt-4o-mini": ConfigDict({"input": 0.15, "output": 0.6}),
-            "gpt-4o": ConfigDict({"input": 2.5, "output": 10.0}),
-    })
+    c.feedback.batch_poll_seconds = 30.0  # batch_api: seconds between status checks
+    # Price table: (model, USD per million input tokens, USD per million output tokens).
+    # Cost is reported as unknown for a model not listed here.
+    c.feedback.prices = (
+            ("gpt-3.5-turbo", 0.5, 1.5),
+            ("gpt-4o-mini", 0.15, 0.6),
+            ("gpt-4o", 2.5, 10.0),
+    )
 
     # Reward model (`rlaif-jax reward`): the SFT trunk + a scalar head, trained on the AI labels.
     c.reward = ConfigDict()
@@ -200,6 +203,15 @@ def base_config() -> ConfigDict:
     c.stages = ("sft", "sample", "label", "reward", "ppo", "eval")
     c.num_seeds = 1
     return c
+
+
+STAGES = ("sft", "sample", "label", "reward", "ppo", "eval")
+
+
+def stage_list(config: ConfigDict) -> list[str]:
+    """The pipeline stages picked by `config.stages` (a tuple, or "a,b" from the command line)."""
+    return [part.strip() for item in config.stages for part in str(item).split(",")
+            if part.strip()]
 
 
 def finalize(config: ConfigDict) -> ConfigDict:
@@ -259,7 +271,82 @@ def validate(config: ConfigDict) -> None:
     bad = set(e.metrics) - {"ast", "rouge", "codebleu", "exec"}
     _require(not bad, "eval.metrics", f"unknown {sorted(bad)} (known: ast, rouge, codebleu, exec)")
     _require(e.exec_timeout > 0, "eval.exec_timeout", "must be positive")
+    _validate_feedback(config.feedback)
+    bad = [st for st in stage_list(config) if st not in STAGES]
+    _require(not bad, "stages", f"unknown {bad} (stages: {', '.join(STAGES)})")
+    _require(config.num_seeds >= 1, "num_seeds", "must be at least 1")
+    _validate_reward(config.reward)
+    _validate_ppo(config)
 
+
+def _validate_feedback(f: ConfigDict) -> None:
+    from rlaif_jax.feedback.rubric import RUBRICS
+
+    _require(f.backend in ("reference", "openai"), "feedback.backend",
+             f"{f.backend!r} is not one of 'reference', 'openai'")
+    _require(f.rubric in RUBRICS, "feedback.rubric",
+             f"unknown rubric {f.rubric!r} (known: {', '.join(sorted(RUBRICS))})")
+    n_questions = len(RUBRICS[f.rubric].questions) if f.rubric in RUBRICS else 0
+    _require(0 <= f.threshold <= n_questions, "feedback.threshold",
+             f"must be between 0 and the rubric's {n_questions} questions")
+    _require(f.pair_min_margin > 0, "feedback.pair_min_margin", "must be positive (ties are "
+             "never pairs)")
+    _require(f.exec_timeout > 0, "feedback.exec_timeout", "must be positive")
+    # openai backend
+    _require(f.max_concurrency >= 1, "feedback.max_concurrency", "must be at least 1")
+    for key in ("requests_per_minute", "tokens_per_minute", "max_retries", "temperature",
+                "backoff_base"):
+        _require(f[key] >= 0, f"feedback.{key}", "must be >= 0 (0 = no limit for the rates)")
+    _require(f.backoff_max >= f.backoff_base, "feedback.backoff_max",
+             "must be >= feedback.backoff_base")
+    _require(f.timeout > 0, "feedback.timeout", "must be positive")
+    _require(f.max_tokens >= 1, "feedback.max_tokens", "must be at least 1")
+    _require(0 <= f.top_logprobs <= 20, "feedback.top_logprobs", "must be in [0, 20]")
+    _require(f.batch_poll_seconds > 0, "feedback.batch_poll_seconds", "must be positive")
+    _require(bool(f.api_key_env), "feedback.api_key_env", "must name an environment variable")
+
+
+def _validate_ppo(config: ConfigDict) -> None:
+    p = config.ppo
+    _require(p.iterations > 0, "ppo.iterations", "must be positive")
+    _require(p.prompts_per_iteration >= 1, "ppo.prompts_per_iteration", "must be at least 1")
+    _require(p.minibatch_size >= 1 and p.prompts_per_iteration % p.minibatch_size == 0,
+             "ppo.minibatch_size", f"ppo.prompts_per_iteration={p.prompts_per_iteration} must "
+             f"be divisible by ppo.minibatch_size={p.minibatch_size}")
+    _require(p.epochs >= 1, "ppo.epochs", "must be at least 1")
+    _require(p.max_new_tokens >= 1, "ppo.max_new_tokens", "must be at least 1")
+    _require(config.sample.max_prompt_len + p.max_new_tokens <= config.model.n_positions,
+             "ppo.max_new_tokens",
+             "sample.max_prompt_len + ppo.max_new_tokens must not exceed model.n_positions")
+    _require(p.temperature > 0, "ppo.temperature", "must be positive")
+    _require(p.lr > 0 and p.critic_lr > 0, "ppo.lr", "ppo.lr and ppo.critic_lr must be positive")
+    _require(p.clip_norm > 0, "ppo.clip_norm", "must be positive")
+    _require(p.critic in ("separate", "shared"), "ppo.critic",
+             f"{p.critic!r} is not one of 'separate', 'shared'")
+    _require(p.kl_coef >= 0, "ppo.kl_coef", "must be >= 0")
+    _require(not p.adaptive_kl or p.target_kl > 0, "ppo.target_kl",
+             "must be positive with ppo.adaptive_kl")
+    _require(p.kl_horizon > 0, "ppo.kl_horizon", "must be positive")
+    _require(p.early_stop_kl >= 0, "ppo.early_stop_kl", "must be >= 0 (0 = off)")
+    _require(0 < p.gamma <= 1, "ppo.gamma", "must be in (0, 1]")
+    _require(0 <= p.lam <= 1, "ppo.lam", "must be in [0, 1]")
+    _require(p.clip_eps > 0, "ppo.clip_eps", "must be positive")
+    _require(p.value_clip >= 0, "ppo.value_clip", "must be >= 0 (0 = no value clipping)")
+    _require(p.log_every >= 1, "ppo.log_every", "must be at least 1")
+    _require(p.checkpoint_every >= 1, "ppo.checkpoint_every", "must be at least 1")
+
+
+def _validate_reward(r: ConfigDict) -> None:
+    _require(r.loss in ("pairwise", "pointwise"), "reward.loss",
+             f"{r.loss!r} is not one of 'pairwise', 'pointwise'")
+    _require(r.init in ("sft", "ppo"), "reward.init", f"{r.init!r} is not one of 'sft', 'ppo'")
+    _require(0 <= r.validation_fraction < 1, "reward.validation_fraction", "must be in [0, 1)")
+    _require(r.steps > 0, "reward.steps", "must be positive")
+    _require(r.batch_size >= 1, "reward.batch_size", "must be at least 1")
+    _require(r.lr > 0, "reward.lr", "must be positive")
+    _require(0 <= r.warmup_steps < r.steps, "reward.warmup_steps", "must be in [0, reward.steps)")
+    _require(r.eval_every > 0, "reward.eval_every", "must be positive")
+    _require(r.log_every > 0, "reward.log_every", "must be positive")
 
 def save_resolved(config: ConfigDict, workdir: pathlib.Path, command: str) -> pathlib.Path:
     """Writes the resolved config of this command to `workdir/config.<command>.json`."""
