@@ -61,7 +61,11 @@ def _eval(config, workdir):
 
 def _label(config, workdir):
     from rlaif_jax.feedback import label
-    summary = label.run(config, workdir)
+    try:
+        summary = label.run(config, workdir)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # incl. the judge's JudgeError
+        logging.error("label failed: %s", e)
+        sys.exit(f"rlaif-jax label: {e}\n(answers received so far are cached; rerun to resume)")
     label.print_summary(summary)
 
 

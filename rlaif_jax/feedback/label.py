@@ -214,10 +214,14 @@ def print_summary(summary: dict) -> None:
 
     console = Console()
     if summary.get("dry_run"):
-        console.print(f"[bold]dry run[/bold] ({summary['judge']}): {summary['candidates']} "
-                      f"candidates, {summary['distinct_prompts']} distinct prompts, "
-                      f"{summary['cached']} cached, {summary['to_judge']} to judge")
-        console.print("estimate: " + json.dumps(summary["estimate"]))
+        est = summary["estimate"]
+        print(f"dry run ({summary['judge']}): {summary['candidates']} candidates, "
+              f"{summary['distinct_prompts']} distinct prompts, {summary['cached']} cached, "
+              f"{summary['to_judge']} to judge")
+        for key in ("calls", "prompt_tokens", "max_completion_tokens", "cost_usd",
+                    "token_estimate"):
+            if key in est:
+                print(f"  {key}: {'unknown (no price for this model)' if est[key] is None else est[key]}")
         return
     table = Table(title=f"labels by {summary['judge']} ({summary['rubric']})")
     table.add_column("measure")
