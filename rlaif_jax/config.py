@@ -92,7 +92,7 @@ def base_config() -> ConfigDict:
     c.sample = ConfigDict()
     c.sample.split = "test"
     c.sample.num_samples = 1  # K completions per prompt
-    c.sample.max_prompts = 0  # 0 = every prompt of the split
+    c.sample.max_prompts = 0  # 0 = every prompt of the split, else a seeded random subset
     c.sample.batch_size = 32  # prompts x samples per compiled call
     c.sample.max_prompt_len = 128
     c.sample.max_new_tokens = 384
@@ -107,7 +107,7 @@ def base_config() -> ConfigDict:
     c.eval.split = "test"
     c.eval.checkpoint = "sft"
     c.eval.greedy = True  # False: sample with config.sample's temperature / top-k / top-p
-    c.eval.max_prompts = 0  # 0 = every prompt of the split
+    c.eval.max_prompts = 0  # 0 = every prompt of the split, else a seeded random subset
     c.eval.metrics = ("ast", "rouge", "codebleu", "exec")
     c.eval.exec_timeout = 10.0  # seconds per sandboxed execution
     c.eval.exec_workers = 0  # parallel executions; 0 = one per core

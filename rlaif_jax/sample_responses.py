@@ -75,8 +75,11 @@ def run(config, workdir: pathlib.Path, **overrides) -> dict:
                                           config.mesh.fsdp_min_size)
 
     records = list(build_splits(config.data)[sc.split])
-    if sc.max_prompts:
-        records = records[:sc.max_prompts]
+    if sc.max_prompts and sc.max_prompts < len(records):
+        # A seeded random subset (in split order), so every source is represented.
+        keep = np.random.default_rng([config.seed, len(records)]).choice(
+            len(records), sc.max_prompts, replace=False)
+        records = [records[i] for i in sorted(keep)]
     prompt_ids = tokenizer([sft_data.prompt_text(r, config.data) for r in records],
                            add_special_tokens=False)["input_ids"]
     rows = [(i, k) for i in range(len(records)) for k in range(sc.num_samples)]
