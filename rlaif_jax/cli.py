@@ -166,6 +166,8 @@ def _main(argv):
     fn, needs_config, _ = COMMANDS[command]
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax/jax chatter via absl.logging
+    for name in ("httpx", "httpx2", "httpcore", "openai"):  # a line per HTTP request otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
     if needs_config:
         config = _CONFIG.value
         fn(config, _setup_run(command, config))
