@@ -44,6 +44,7 @@ def test_gold_responses_and_malformed_lines_through_the_cli(tmp_path):
     assert sum(d["n"] for d in report["per_domain"].values()) == len(gold)
     for key in ("hallucination", "ast_error", "strict_accuracy", "codebleu_components"):
         assert key in report
+    assert report["ast_rule"] == "huggingface"  # the provider's own Gorilla script
 
 
 def test_invented_model_ids_are_hallucinations(tmp_path):

@@ -36,7 +36,7 @@ def gold():
 # --- API ------------------------------------------------------------------------------------
 
 def test_api_shape():
-    assert STATUSES == ("ok", "syntax", "import", "undefined_name", "unknown_model",
+    assert STATUSES == ("ok", "no_code", "syntax", "import", "undefined_name", "unknown_model",
                         "bad_arguments", "runtime", "timeout", "resource_limit",
                         "sandbox_violation")
     result = run_code("x = 1 + 1", "huggingface")
@@ -88,7 +88,8 @@ def test_results_keep_input_order():
 # --- gold code and invented ids ---------------------------------------------------------------
 
 # Measured on these subsets: 111/120 (92.5%) HF, 57/60 (95%) TorchHub. The full eval files
-# score 86.7% (790/911) and 93.0% (173/186): see benchmarks/bench_sandbox.py --report.
+# score 87.9% (801/911) and 93.0% (173/186), every remaining failure but one a bug of the gold
+# code (see the sandbox module's docstring and benchmarks/bench_sandbox.py --report).
 @pytest.mark.parametrize("hub,threshold", [("huggingface", 0.88), ("torchhub", 0.90)])
 def test_gold_code_runs(gold, hub, threshold):
     codes, results = gold[hub]
@@ -171,6 +172,105 @@ STANDIN_CASES = [
     ("x = torch.zeros(3)\ny = x + 1", "undefined_name"),
     ("!pip install transformers\n%matplotlib inline\nimport transformers", "ok"),
 ]
+
+
+# Fidelity fixes found by going through every failure of the HF gold code (question ids of
+# huggingface_eval.json in brackets): each stand-in behaviour that made correct code fail is
+# fixed (first case of a pair), and the real bug next to it still fails (second case).
+FIDELITY_CASES = [
+    # fairseq's main branch (GitHub), which the unit-vocoder model cards use [154, 429, 901]
+    ("from fairseq.models.text_to_speech import CodeHiFiGANVocoder\n"
+     "from fairseq.models.text_to_speech.hub_interface import VocoderHubInterface\n"
+     "vocoder = CodeHiFiGANVocoder('model.pt', {})\n"
+     "wav, sr = VocoderHubInterface({}, vocoder).get_prediction({'code': 1})", "ok"),
+    ("from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2Model", "import"),     # [620]
+    # libraries installed from GitHub [227, 338, 831]
+    ("from parrot import Parrot\np = Parrot(model_tag='prithivida/parrot_paraphraser_on_T5')\n"
+     "for phrase in p.augment(input_phrase='How are you?'):\n    print(phrase)", "ok"),
+    ("from parrot import Parrot\nParrot(model_tag='acme/parrot')", "unknown_model"),
+    ("from vc_models.models.vit import model_utils\nassert model_utils.VC1_BASE_NAME == 'vc1_vitb'"
+     "\nmodel, embd_size, transforms, info = model_utils.load_model(model_utils.VC1_BASE_NAME)",
+     "ok"),
+    ("from vc_models import load_model", "import"),
+    ("from tuneavideo.pipelines.pipeline_tuneavideo import TuneAVideoPipeline\n"
+     "from tuneavideo.models.unet import UNet3DConditionModel\n"
+     "from tuneavideo.util import save_videos_grid\n"
+     "unet = UNet3DConditionModel.from_pretrained('Tune-A-Video-library/redshift-man-skiing', "
+     "subfolder='unet')\n"
+     "pipe = TuneAVideoPipeline.from_pretrained('nitrosocke/redshift-diffusion', unet=unet)\n"
+     "save_videos_grid(pipe('a man skiing', video_length=8).videos, './skiing.gif')", "ok"),
+    ("from tuneavideo.pipelines.pipeline_tuneavideo import TuneAVideoPipeline\n"
+     "TuneAVideoPipeline.from_pretrained('acme/redshift-diffusion')", "unknown_model"),
+    # tensors: comparisons give tensors, .item() a number, one id decodes to a str [439, 702]
+    ("from tensorflow.keras.models import load_model\nprediction = load_model('m.h5').predict(1)\n"
+     "success = (prediction > 0.5).astype(int)\nx = prediction\nwhile x < 10:\n    x = x + 1",
+     "ok"),
+    ("from transformers import AutoTokenizer, AutoModelForMaskedLM\n"
+     "tok = AutoTokenizer.from_pretrained('GroNLP/bert-base-dutch-cased')\n"
+     "out = AutoModelForMaskedLM.from_pretrained('GroNLP/bert-base-dutch-cased')(1)\n"
+     "word = tok.convert_ids_to_tokens(out.logits.argmax(dim=2)[0].item())\n"
+     "print('je ___ mee'.replace('___', word), ['a', 'b'][out.logits.argmax(-1).item()])", "ok"),
+    ("from transformers import AutoTokenizer\n"
+     "tok = AutoTokenizer.from_pretrained('GroNLP/bert-base-dutch-cased')\n"
+     "'x'.replace('x', tok.convert_ids_to_tokens([1, 2]))", "runtime"),
+    # MGP-STR's processor decodes to a dict, other processors to a list [454]
+    ("from transformers import MgpstrProcessor\n"
+     "p = MgpstrProcessor.from_pretrained('alibaba-damo/mgp-str-base')\n"
+     "text = p.batch_decode(1)['generated_text']", "ok"),
+    ("from transformers import AutoTokenizer\n"
+     "AutoTokenizer.from_pretrained('roberta-base').batch_decode(1)['generated_text']", "runtime"),
+    # pipeline outputs: text fields are str [798]; a real bug on them still fails [291]
+    ("from transformers import pipeline\nunmasker = pipeline('fill-mask', model='roberta-base')\n"
+     "text = 'The weather was <mask>.'\nresult = unmasker(text)\n"
+     "print(text.replace('<mask>', result[0]['token_str']), round(result[0]['score'], 2))", "ok"),
+    ("from transformers import pipeline\n"
+     "clf = pipeline('sentiment-analysis', "
+     "model='nlptown/bert-base-multilingual-uncased-sentiment')\nif int(clf('great')[0]['label'][-1]) < 3:\n    print('low')", "runtime"),
+    # hf_hub_download needs a file name, as the real one [327, 427, 532, 762]
+    ("from huggingface_hub import hf_hub_download\n"
+     "path = hf_hub_download(repo_id='JorisCos/ConvTasNet_Libri2Mix_sepclean_8k', "
+     "filename='model.pth')", "ok"),
+    ("from huggingface_hub import hf_hub_download\n"
+     "path = hf_hub_download(repo_id='JorisCos/ConvTasNet_Libri2Mix_sepclean_8k')",
+     "bad_arguments"),
+    # files inside a placeholder directory are inputs too [535]
+    ("import json, os\nfrom fairseq import hub_utils\n"
+     "x = hub_utils.from_pretrained('.', 'model.pt')\nwith open(os.path.join(x['args']['data'], 'config.json')) as f:\n"
+     "    cfg = json.load(f)\nprint(cfg['num_speakers'])", "ok"),
+    ("import os\nopen('notes.txt', 'w').write('x')\n"
+     "open(os.path.join('notes.txt', 'config.json'))", "runtime"),
+    # IPython's automagic runs `pip install` (%pip), not other shell commands [637, 527]
+    ("pip install diffusers transformers\nimport diffusers", "ok"),
+    ("cd espnet\ngit checkout d5b5ec7b2e77bd3e10707141818b7e6c57ac6b3f\nimport espnet2", "syntax"),
+    # a model the API database names without its owner [241]; a class that is no API [810]
+    ("from asteroid.models import ConvTasNet\n"
+     "model = ConvTasNet.from_pretrained('JorisCos/ConvTasNet_Libri3Mix_sepclean_8k')", "ok"),
+    ("from asteroid.models import ConvTasNet\n"
+     "ConvTasNet.from_pretrained('acme/ConvTasNet_Libri3Mix_sepclean_8k')", "unknown_model"),
+    ("from asteroid.models import ConvTasNet_Libri3Mix_sepclean_8k", "import"),
+    # checks that catch invented ids the negative control swaps in [628, 908]
+    ("from pyannote.audio.core.inference import Inference\n"
+     "vad = Inference('pyannote/voice-activity-detection', device='cuda')\n"
+     "result = vad({'audio': 'audio_file.wav'})", "ok"),
+    ("from pyannote.audio.core.inference import Inference\nInference('acme/vad')",
+     "unknown_model"),
+    ("import joblib\nmodel = joblib.load('model.joblib')\nmodel.predict([[1, 2]])", "ok"),
+    ("import joblib\nmodel = joblib.load('invented-org/sklearn_model.joblib-x9')",
+     "unknown_model"),
+    # rl_zoo3.load_from_hub is a module (a script), huggingface_sb3's is the function [171]
+    ("from huggingface_sb3 import load_from_hub\n"
+     "path = load_from_hub(repo_id='sb3/ppo-CartPole-v1', filename='ppo-CartPole-v1.zip')", "ok"),
+    ("from rl_zoo3 import load_from_hub\n"
+     "path = load_from_hub(repo_id='sb3/ppo-CartPole-v1', filename='ppo-CartPole-v1.zip')",
+     "runtime"),
+]
+
+
+def test_fidelity_fixes_and_the_real_bugs_beside_them():
+    codes = [code for code, _ in FIDELITY_CASES]
+    results = run_many(codes, ["huggingface"] * len(codes))
+    wrong = [(code, r) for (code, want), r in zip(FIDELITY_CASES, results) if r.status != want]
+    assert not wrong, "\n\n".join(f"{code}\n-> {r}" for code, r in wrong)
 
 
 def test_standins():
@@ -315,6 +415,7 @@ def test_spawned_processes_are_killed_without_the_audit_hook():
 def test_every_status_is_produced():
     cases = {
         "ok": "import numpy as np\nprint(np.arange(3).sum())",
+        "no_code": "# nothing here",
         "syntax": "def f(:\n    pass",
         "import": "from transformers import NotAThing",
         "undefined_name": "p = pipeline('fill-mask')\np('Paris is the [MASK] of France.')",
@@ -330,3 +431,9 @@ def test_every_status_is_produced():
     assert {name: r.status for name, r in zip(cases, results)} == {n: n for n in cases}
     assert set(cases) == set(STATUSES)
     assert all(len(r.detail) <= sandbox.DETAIL_CHARS for r in results)
+
+
+def test_nothing_to_run_is_a_failure_not_ok():
+    results = sandbox.run_many(["", "   \n", "# just a comment\n", "x = 1"], ["huggingface"] * 4)
+    assert [r.status for r in results] == ["no_code", "no_code", "no_code", "ok"]
+    assert not any(r.ok for r in results[:3])

@@ -71,8 +71,9 @@ def _rate(flags) -> float:
 
 def evaluate(hub: str, responses_path, *, apibench=None, api_db=None, metrics=METRICS,
              exec_timeout: float = 10.0, workers: int | None = None,
-             progress: bool = False) -> dict:
-    """The report dict (see module docstring); `apibench`/`api_db` default to the vendored files."""
+             progress: bool = False, ast_rule: str | None = None) -> dict:
+    """The report dict (see module docstring); `apibench`/`api_db` default to the vendored files;
+    `ast_rule`: whose Gorilla script compat mode applies (`ast_match.APIDatabase.from_entries`)."""
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; known: {', '.join(METRICS)}")
@@ -95,7 +96,8 @@ def evaluate(hub: str, responses_path, *, apibench=None, api_db=None, metrics=ME
     n = max(len(responses), 1)
 
     if "ast" in metrics:
-        db = ast_match.APIDatabase.load(hub, api_db)
+        db = ast_match.APIDatabase.load(hub, api_db, rule=ast_rule)
+        report["ast_rule"] = db.rule
         results = [ast_match.match_response(r.text, g, db) for r, g in zip(good, gold)]
         for rec, res in zip(per, results):
             rec.update(ast_correct=res.correct, hallucination=res.hallucination,

@@ -8,6 +8,9 @@
   came from (``_apis.SOURCES``), transformers' pipeline tasks.
 * `generate`: ``python -m rlaif_jax.evaluation.standins.generate`` regenerates `_apis` from the
   installed packages and pinned PyPI distributions (see its docstring).
+* `_supplement` (hand-written, with origins): names of library code that is not on PyPI, merged
+  into `_apis`' data: fairseq's main branch (``CodeHiFiGANVocoder``, ``VocoderHubInterface``),
+  and parrot, vc_models, tuneavideo, which are installed from GitHub.
 
 Libraries served by stand-ins (``_apis.SOURCES`` has the versions): transformers, torch,
 torchvision, torchaudio, tensorflow (+ tf.keras), keras, tensorflow_hub, diffusers,
@@ -17,7 +20,7 @@ flair, asteroid, espnet2/espnet, espnet_model_zoo, timm, ultralyticsplus, yolov5
 controlnet_aux, huggingsound, stable_baselines3, rl_zoo3, huggingface_sb3, gym, skops, optimum,
 modelscope, dabl, clip, pytesseract, openai, emoji, germansentiment,
 deepmultilingualpunctuation, happytransformer, text2vec, InstructorEmbedding, txtai,
-faster_whisper, promptcap. numpy and the standard library are real. Any other import fails as
-"not installed" (the dataset also imports modules that do not exist on PyPI: parrot,
-tuneavideo, vc_models, audio_models, TF_Decision_Trees, ...).
+faster_whisper, promptcap, and from GitHub parrot, vc_models, tuneavideo. numpy and the standard
+library are real. Any other import fails as "not installed" (the dataset also imports modules
+nobody published: audio_models, TF_Decision_Trees, some_module, ...).
 """

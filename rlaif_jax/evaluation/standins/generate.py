@@ -34,7 +34,9 @@ names), ``OPEN_BLOB`` (compressed: the other modules' paths), ``VALUES`` (simple
 attributes such as ``__version__``), ``PIPELINE_TASKS`` (the task names transformers'
 ``pipeline()`` accepted in 4.30, 4.57 or the installed 5.x: keys of SUPPORTED_TASKS and
 TASK_ALIASES) and ``SOURCES`` (where each library's names came from). Regenerating needs PyPI access (pip download) and the venv's
-torch/transformers; ``--check`` only reports what would change.
+torch/transformers; ``--check`` only reports what would change. Libraries that are installed from
+GitHub rather than PyPI (and fairseq's main branch) are not generated: their names are read by
+hand into `_supplement`, which `runtime.load` merges with this data.
 """
 
 from __future__ import annotations

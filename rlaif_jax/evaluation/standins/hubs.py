@@ -8,7 +8,10 @@ way a hub answers 404 for a repository that does not exist:
   (``from_pretrained('gpt2')``, ``model='t5-small'``, ``source=...``, ``repo_id=...``) there,
   and ``owner/name`` ids passed unquoted to ``from_pretrained(`` (some example code lost its
   quotes).
-  Compared case-insensitively, as the Hub resolves ids.
+  Compared case-insensitively, as the Hub resolves ids. The database names a few models without
+  their owner (``api_name`` ``ConvTasNet_Libri3Mix_sepclean_8k``, no ``owner/`` id anywhere in
+  the database): for those, ``owner/name`` is accepted when the owner publishes other models of
+  the database (`bare_huggingface_names`).
 * TorchHub: ``torch.hub.load(repo_or_dir, model)`` pairs in api_call and example_code; the repo
   is ``owner/name`` (the ``:ref`` suffix is ignored, case-insensitive), the entry point name is
   case-sensitive.
@@ -77,6 +80,19 @@ def huggingface_ids(entries) -> set[str]:
     return ids
 
 
+def bare_huggingface_names(entries, ids: set[str]) -> tuple[set[str], set[str]]:
+    """(names, owners): the ``api_name`` of the entries that give no owner for their model (the
+    name is not the tail of any known ``owner/name`` id), and the owners of the known ids; both
+    lower case."""
+    tails = {i.split("/", 1)[1] for i in ids if "/" in i}
+    names = set()
+    for entry in entries:
+        name = str(entry.get("api_name", "")).strip()
+        if _SIMPLE_ID.match(name) and hf_key(name) not in tails:
+            names.add(hf_key(name))
+    return names, {i.split("/", 1)[0] for i in ids if "/" in i}
+
+
 def torchhub_models(entries) -> dict[str, set[str]]:
     models: dict[str, set[str]] = {}
     for entry in entries:
@@ -96,10 +112,13 @@ def tfhub_handles(entries) -> set[str]:
 
 
 def load_known() -> dict:
-    """{"huggingface": set of ids, "torchhub": {repo: set of models}, "tensorflowhub": set}."""
+    """{"huggingface": set of ids, "huggingface_bare": (names, owners) of
+    `bare_huggingface_names`, "torchhub": {repo: set of models}, "tensorflowhub": set}."""
     from rlaif_jax.data import gorilla
     db = {hub: gorilla.load_api_db(gorilla.api_db_path(hub)) for hub in gorilla.HUBS}
-    return {"huggingface": huggingface_ids(db["huggingface"]),
+    ids = huggingface_ids(db["huggingface"])
+    return {"huggingface": ids,
+            "huggingface_bare": bare_huggingface_names(db["huggingface"], ids),
             "torchhub": torchhub_models(db["torchhub"]),
             "tensorflowhub": tfhub_handles(db["tensorflowhub"])}
 
@@ -111,6 +130,7 @@ def invent_ids(code: str, known: dict | None = None) -> str:
     import ast
     known = known or load_known()
     torch_models = {m for models in known["torchhub"].values() for m in models}
+    bare_names, owners = known.get("huggingface_bare", ((), ()))
     try:
         literals = {node.value for node in ast.walk(ast.parse(code))
                     if isinstance(node, ast.Constant) and isinstance(node.value, str)}
@@ -121,10 +141,12 @@ def invent_ids(code: str, known: dict | None = None) -> str:
         if not v or "\n" in v:
             continue
         tail = re.sub(r"[^\w.\-]", "", v.rstrip("/").split("/")[-1]) or "model"
+        owner, _, name = hf_key(v).partition("/")
         if v.startswith(("http://", "https://", "gs://")) and tf_key(v) in known["tensorflowhub"]:
             new = f"https://tfhub.dev/invented-org/{tail}-x9/1"
         elif (hf_key(v.split("@")[0]) in known["huggingface"]
-              or torch_repo_key(v) in known["torchhub"]):
+              or torch_repo_key(v) in known["torchhub"]
+              or name in bare_names and owner in owners):
             new = f"invented-org/{tail}-x9"
         elif v in torch_models:
             new = f"{v}_invented_x9"

@@ -12,6 +12,11 @@ decorator, and has any attribute); its instances are duck-typed dummies that acc
 access, calls, indexing, iteration (unpacking ``a, b, c = x`` yields exactly three items: the
 unpacking instruction is read from the caller's frame), arithmetic, comparisons, context
 managers, ``len``, ``format``, ``np.array(x)``, ``open(x)``. Plausible correct code runs.
+Where the real result is a plain value, the stand-in gives one: comparing dummies gives a dummy
+that is false as a condition (element-wise ``(p > 0.5).astype(int)`` works, ``while x < n``
+ends), ``t.item()`` gives 0, tokenizers decode to str (``convert_ids_to_tokens`` of one int to a
+str, of a list to a list), MGP-STR's ``batch_decode`` to its dict, and calling a transformers
+pipeline gives `PipelineOutput` (str text fields such as ``[0]['token_str']``, float scores).
 
 What the stand-ins check, like the real libraries and hubs would:
 
@@ -23,7 +28,12 @@ What the stand-ins check, like the real libraries and hubs would:
   local path too.
 * ``pipeline(task)`` with a task transformers never had raises `StandinValueError` (a
   ValueError, as transformers does); ``torch.hub.load`` with a bad ``source`` too; calls with
-  arguments that do not fit the real signature of the checked functions raise `StandinTypeError`.
+  arguments that do not fit the real signature of the checked functions raise `StandinTypeError`
+  (``pipeline``, ``torch.hub.load``/``list``/``help``, ``hf_hub_download``/``hf_hub_url``
+  without their ``filename``).
+
+The module names come from `_apis` (generated from PyPI distributions) plus `_supplement` (hand
+read from GitHub: fairseq's main branch, parrot, vc_models, tuneavideo).
 
 Network: the stand-in ``requests`` (and the sandbox's ``urllib.request.urlopen``) never open a
 connection; they answer every URL with an empty "200 OK" `Response`. Gold code such as
@@ -99,14 +109,19 @@ def load() -> None:
     global MODULES, OPEN, PACKAGES, TOPS, VALUES, TASKS, KNOWN, SHADOWED, _LOADED
     if _LOADED:
         return
-    from rlaif_jax.evaluation.standins import _apis
+    from rlaif_jax.evaluation.standins import _apis, _supplement
     raw = json.loads(zlib.decompress(base64.b64decode("".join(_apis.MODULES_BLOB))))
+    for module, names in _supplement.MODULES.items():  # libraries not on PyPI
+        raw[module] = f"{raw.get(module, '')} {names}"
     MODULES = {m: frozenset(names.split()) for m, names in raw.items()}
-    OPEN = frozenset(zlib.decompress(base64.b64decode("".join(_apis.OPEN_BLOB))).decode().split())
+    OPEN = frozenset(zlib.decompress(base64.b64decode("".join(_apis.OPEN_BLOB))).decode().split()
+                     + list(_supplement.OPEN))
     every = set(MODULES) | OPEN
     PACKAGES = frozenset(m.rpartition(".")[0] for m in every if "." in m)
     TOPS = frozenset(m.partition(".")[0] for m in every)
-    VALUES = _apis.VALUES
+    VALUES = {m: dict(v) for m, v in _apis.VALUES.items()}
+    for module, values in _supplement.VALUES.items():
+        VALUES.setdefault(module, {}).update(values)
     TASKS = frozenset(_apis.PIPELINE_TASKS)
     SHADOWED = {m: frozenset(n) for m, n in _apis.SHADOWED.items()}
     KNOWN = hubs.load_known()
@@ -142,16 +157,42 @@ def _unpack_count(frame) -> int:
     return _DEFAULT_LEN
 
 
-# Methods whose real result is text (tokenizers' decode, OCR): a str, or a list of 2 str.
-TEXT_METHODS = {"decode": str, "batch_decode": list, "convert_ids_to_tokens": list,
+# Methods whose real result is text (tokenizers' decode, OCR): a str, or a list of 2 str;
+# "ids": a str for one id (an int), else a list (``convert_ids_to_tokens``).
+TEXT_METHODS = {"decode": str, "batch_decode": list, "convert_ids_to_tokens": "ids",
                 "tokenize": list, "image_to_string": str, "convert_tokens_to_string": str,
                 "get_text": str}
+# The same for one class (a name prefix): MGP-STR's processor decodes to a dict of lists.
+CLASS_TEXT_METHODS = {("Mgpstr", "batch_decode"): dict}
+_MGPSTR_KEYS = ("generated_text", "scores", "char_preds", "bpe_preds", "wp_preds")
 
 
 def _text_method(kind):
     def method(*args, **kwargs):
-        return "text" if kind is str else ["text", "text"]
+        if kind is str:
+            return "text"
+        if kind is dict:
+            return {key: ([0.5, 0.5] if key == "scores" else ["text", "text"])
+                    for key in _MGPSTR_KEYS}
+        if kind == "ids" and args and isinstance(args[0], int):
+            return "text"
+        return ["text", "text"]
     return method
+
+
+def _item(*args, **kwargs):
+    """``tensor.item()``: a Python number (an index, in nearly all uses: ``argmax().item()``)."""
+    return 0
+
+
+def _special_method(obj, name):
+    """The stand-in for a method whose real result is a plain value, or None."""
+    if name == "item":
+        return _item
+    kind = next((k for (prefix, method), k in CLASS_TEXT_METHODS.items()
+                 if method == name and type(obj).__name__.startswith(prefix)), None)
+    kind = kind or TEXT_METHODS.get(name)
+    return None if kind is None else _text_method(kind)
 
 
 def _new(cls, path: str):
@@ -188,8 +229,7 @@ class Dummy:
     def __getattr__(self, name):
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
-        text = TEXT_METHODS.get(name)
-        value = _new(Dummy, f"{self._sb_path}.{name}") if text is None else _text_method(text)
+        value = _special_method(self, name) or _new(Dummy, f"{self._sb_path}.{name}")
         try:
             object.__setattr__(self, name, value)
         except (AttributeError, TypeError):
@@ -276,7 +316,9 @@ class Dummy:
         return self is not other
 
     def __lt__(self, other):
-        return False
+        # An element-wise comparison of tensors gives a tensor (``(p > 0.5).astype(int)``); as a
+        # condition it is false, so loops on dummies end.
+        return _new(Falsy, f"({self._sb_path} compared)")
 
     __le__ = __gt__ = __ge__ = __lt__
 
@@ -299,6 +341,45 @@ class Dummy:
     __and__ = __rand__ = __or__ = __ror__ = __xor__ = __rxor__ = _dummy_op
     __lshift__ = __rlshift__ = __rshift__ = __rrshift__ = _dummy_op
     __neg__ = __pos__ = __abs__ = __invert__ = _dummy_op
+
+
+class Falsy(Dummy):
+    """A dummy that is false as a condition: the result of comparing dummies."""
+
+    def __bool__(self):
+        return False
+
+
+class PipelineOutput(Dummy):
+    """What calling a transformers pipeline returns: a list of dicts whose text fields are str
+    and whose scores are floats, as the real pipelines' outputs are."""
+
+    TEXT_KEYS = frozenset({"generated_text", "summary_text", "translation_text", "token_str",
+                           "sequence", "label", "answer", "word", "entity", "entity_group",
+                           "text"})
+    NUMBER_KEYS = {"score": 0.5, "start": 0, "end": 0, "token": 0}
+    LIST_KEYS = {"scores": 0.5, "labels": "text"}  # zero-shot classification: two of each
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if key in self.TEXT_KEYS:
+                return "text"
+            if key in self.NUMBER_KEYS:
+                return self.NUMBER_KEYS[key]
+            if key in self.LIST_KEYS:
+                return [self.LIST_KEYS[key]] * 2
+        return _new(PipelineOutput, f"{self._sb_path}[...]")
+
+    def __iter__(self):
+        n = _unpack_count(sys._getframe(1))
+        return iter([_new(PipelineOutput, f"{self._sb_path}[{i}]") for i in range(n)])
+
+
+def _pipeline_call(self, *args, **kwargs):
+    method = _user_method(self, ("forward", "call"))
+    if method is not None:
+        return method(*args, **kwargs)
+    return _new(PipelineOutput, f"{self._sb_path}(...)")
 
 
 class Placeholder(Dummy):
@@ -415,6 +496,10 @@ def check_hf(value, *, loose=False, prefixes=("",), what="model"):
     known = KNOWN.get("huggingface", ())
     if any(hubs.hf_key(p + v) in known for p in prefixes):
         return
+    bare_names, owners = KNOWN.get("huggingface_bare", ((), ()))
+    owner, _, name = hubs.hf_key(v).partition("/")
+    if name and name in bare_names and owner in owners:  # the database omits the owner
+        return
     raise HubNotFoundError(f"404 Client Error: Repository Not Found for url: "
                            f"https://huggingface.co/{v} ({v!r} is not a {what} id of the "
                            f"Hugging Face API database)")
@@ -460,6 +545,7 @@ _LOADER_METHODS = {
     "flair": {"load": _arg_check(0, "model_path", "model", loose=True)},
     "timm": {},
     "keras": {},
+    "tuneavideo": {"from_pretrained": _arg_check(0, *_HF_ID_KWS)},
 }
 # Constructors that load a model: {(library, class name): check}.
 _ST_PREFIXES = ("", "sentence-transformers/")
@@ -474,15 +560,34 @@ _CTOR_CHECKS = {
     ("InstructorEmbedding", "INSTRUCTOR"): _arg_check(0, "model_name_or_path", loose=True),
     ("promptcap", "PromptCap"): _arg_check(0, "ckpt", loose=True),
     ("faster_whisper", "WhisperModel"): _arg_check(0, "model_size_or_path", loose=True),
+    ("parrot", "Parrot"): _arg_check(0, "model_tag", loose=True),
+    ("pyannote", "Inference"): _arg_check(0, "model", loose=True),   # loads a hub model by id
     ("happytransformer", "*"): _arg_check(1, "model_name", loose=True),
     ("tensorflow_hub", "KerasLayer"): _arg_check(0, "handle", kind="tf"),
     ("tensorflow_hub", "Module"): _arg_check(0, "spec", kind="tf"),
 }
+
+
+def _file_check(function):
+    """huggingface_hub's ``hf_hub_download``/``hf_hub_url(repo_id, filename, *, ...)``: both
+    parameters are required (a TypeError without the file name), then the id is looked up."""
+    def check(args, kwargs):
+        if len(args) > 2:
+            raise StandinTypeError(f"{function}() takes 2 positional arguments but {len(args)} "
+                                   f"were given")
+        missing = [k for k in ("repo_id", "filename")[len(args):] if k not in kwargs]
+        if missing:
+            raise StandinTypeError(f"{function}() missing {len(missing)} required positional "
+                                   f"argument(s): {', '.join(map(repr, missing))}")
+        check_hf(_value(args, kwargs, 0, ("repo_id",)), loose=True)
+    return check
+
+
 # Functions that download from a hub: {(library, function name): check}.
 _FUNC_CHECKS = {
-    ("huggingface_hub", "hf_hub_download"): _arg_check(0, "repo_id", loose=True),
+    ("huggingface_hub", "hf_hub_download"): _file_check("hf_hub_download"),
     ("huggingface_hub", "snapshot_download"): _arg_check(0, "repo_id", loose=True),
-    ("huggingface_hub", "hf_hub_url"): _arg_check(0, "repo_id", loose=True),
+    ("huggingface_hub", "hf_hub_url"): _file_check("hf_hub_url"),
     ("huggingface_hub", "from_pretrained_keras"): _arg_check(0, *_HF_ID_KWS),
     ("rl_zoo3", "load_from_hub"): _arg_check(0, "repo_id", loose=True),
     ("huggingface_sb3", "load_from_hub"): _arg_check(0, "repo_id", loose=True),
@@ -491,6 +596,7 @@ _FUNC_CHECKS = {
     ("yolov5", "load"): _arg_check(0, "model_path", loose=True),
     ("skops", "download"): _arg_check(0, "repo_id", loose=True),
     ("timm", "create_model"): None,  # handled in _timm_check
+    ("joblib", "load"): None,  # handled in _local_file_check
     ("tensorflow_hub", "load"): _arg_check(0, "handle", kind="tf"),
     ("tensorflow_hub", "resolve"): _arg_check(0, "handle", kind="tf"),
     ("tensorflow_hub", "load_module_spec"): _arg_check(0, "path", kind="tf"),
@@ -509,6 +615,16 @@ def _timm_check(args, kwargs):
 
 
 _FUNC_CHECKS[("timm", "create_model")] = _timm_check
+
+
+def _local_file_check(args, kwargs):
+    """joblib.load(filename): the file must exist (the named input files of a snippet do)."""
+    path = _value(args, kwargs, 0, ("filename",))
+    if isinstance(path, (str, bytes, os.PathLike)) and not os.path.exists(path):
+        raise HubNotFoundError(f"[Errno 2] No such file or directory: {os.fsdecode(path)!r}")
+
+
+_FUNC_CHECKS[("joblib", "load")] = _local_file_check
 
 
 def _loader_check(cls, name):
@@ -559,7 +675,7 @@ def pipeline(task=None, model=None, config=None, tokenizer=None, feature_extract
     return _new(_PIPELINE_CLASS, f"pipeline({task!r}, model={model!r})")
 
 
-_PIPELINE_CLASS = standin_class("transformers", "Pipeline")
+_PIPELINE_CLASS = standin_class("transformers", "Pipeline", __call__=_pipeline_call)
 
 
 def _torch_repo(repo_or_dir, source):
@@ -649,8 +765,10 @@ def make_attribute(module: str, name: str):
     check = _CTOR_CHECKS.get((lib, name))
     if check is None and (lib, "*") in _CTOR_CHECKS and name[:1].isupper():
         check = _CTOR_CHECKS[(lib, "*")]
-    if check is None and lib == "transformers" and name.endswith("Pipeline"):
-        check = _arg_check(None, "model", "tokenizer")  # XxxPipeline(model="id")
+    if lib == "transformers" and name.endswith("Pipeline"):
+        namespace["__call__"] = _pipeline_call
+        if check is None:
+            check = _arg_check(None, "model", "tokenizer")  # XxxPipeline(model="id")
     if check is None:
         check = _FUNC_CHECKS.get((lib, name))
     if check is not None:
