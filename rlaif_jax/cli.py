@@ -5,7 +5,9 @@ type are rejected before flag parsing ends; `rlaif_jax.config.validate` then che
 happen before any work starts. The resolved config is written to `DIR/config.COMMAND.json` and
 the log to `DIR/logs/COMMAND.log`.
 
-`rlaif-jax eval-responses` scores any Gorilla-format responses file and takes no config.
+`rlaif-jax eval-responses` scores any Gorilla-format responses file and takes no config;
+`rlaif-jax import --hf DIR --workdir W` and `rlaif-jax export --workdir W --stage S --out DIR`
+convert between Hugging Face directories and a workdir's checkpoints, also without a config.
 """
 
 from __future__ import annotations
@@ -32,8 +34,18 @@ _API_DB = flags.DEFINE_string("api_db", None,
                               "eval-responses: API database (default: the vendored one).")
 _METRICS = flags.DEFINE_list("metrics", ["ast", "rouge", "codebleu", "exec"],
                              "eval-responses: measures to compute.")
-_OUT = flags.DEFINE_string("out", None, "eval-responses: write the JSON report here.")
+_OUT = flags.DEFINE_string("out", None, "eval-responses: write the JSON report here; "
+                           "export: the Hugging Face directory to write.")
+# import / export
+_HF = flags.DEFINE_string("hf", None, "import: a local Hugging Face causal-LM directory.")
+_STAGE = flags.DEFINE_enum("stage", None, ["sft", "ppo", "reward"], "export: the stage to export.")
+_PUSH_TO_HUB = flags.DEFINE_string("push_to_hub", None,
+                                   "export: also upload to this Hub repo id (needs network).")
 _EXEC_TIMEOUT = flags.DEFINE_float("exec_timeout", 10.0, "eval-responses: seconds per execution.")
+_AST_RULE = flags.DEFINE_enum(
+    "ast_rule", None, ["huggingface", "torchhub", "tensorflowhub"],
+    "eval-responses: score compat AST match with this provider's Gorilla script rules (default: "
+    "the provider's own; 'huggingface' for TorchHub reproduces the paper's TorchHub numbers).")
 _WORKERS = flags.DEFINE_integer("workers", None, "eval-responses: parallel executions "
                                 "(default: one per core).")
 
@@ -100,6 +112,7 @@ def _eval_responses(_config, _workdir):
         report = evaluator.evaluate(
             _PROVIDER.value, _RESPONSES.value, apibench=_APIBENCH.value, api_db=_API_DB.value,
             metrics=_METRICS.value, exec_timeout=_EXEC_TIMEOUT.value, workers=_WORKERS.value,
+            ast_rule=_AST_RULE.value,
             progress=sys.stderr.isatty())
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"rlaif-jax eval-responses: {e}")
@@ -109,6 +122,32 @@ def _eval_responses(_config, _workdir):
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1) + "\n")
         print(f"Wrote {out}")
+
+
+def _import_cmd(_config, _workdir):
+    from rlaif_jax import import_stage
+
+    if not _HF.value or not _WORKDIR.value:
+        sys.exit("rlaif-jax import: --hf DIR and --workdir W are required")
+    try:
+        summary = import_stage.run(_HF.value, _WORKDIR.value)
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
+        sys.exit(f"rlaif-jax import: {e}")
+    print(f"Imported {summary['model_type']} ({summary['params']:,} parameters) from "
+          f"{summary['from']} as the sft checkpoint of {_WORKDIR.value}")
+
+
+def _export(_config, _workdir):
+    from rlaif_jax import export_stage
+
+    if not (_WORKDIR.value and _STAGE.value and _OUT.value):
+        sys.exit("rlaif-jax export: --workdir W, --stage {sft,ppo,reward} and --out DIR are required")
+    try:
+        summary = export_stage.run(_WORKDIR.value, _STAGE.value, _OUT.value, _PUSH_TO_HUB.value)
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
+        sys.exit(f"rlaif-jax export: {e}")
+    print(f"Exported the {summary['exported_stage']} checkpoint (step {summary['checkpoint_step']}) "
+          f"to {summary['out']}" + (f" and {summary['hub_url']}" if "hub_url" in summary else ""))
 
 
 # name: (function, needs --config/--workdir, help)
@@ -123,6 +162,10 @@ COMMANDS = {
     "eval": (_eval, True, "sample the test split from a checkpoint (eval.checkpoint) and score it"),
     "eval-responses": (_eval_responses, False,
                        "score a responses file: --provider P --responses F [--out report.json]"),
+    "import": (_import_cmd, False, "a Hugging Face causal LM as the sft checkpoint: --hf DIR "
+                                   "--workdir W"),
+    "export": (_export, False, "a stage's checkpoint as a Hugging Face directory: --workdir W "
+                               "--stage {sft,ppo,reward} --out DIR [--push_to_hub REPO]"),
 }
 
 

@@ -15,6 +15,9 @@ import ml_collections
 from ml_collections import ConfigDict
 
 DTYPES = ("float32", "bfloat16")
+FAMILIES = ("gpt2", "llama")
+# HF config.json model_type -> family (rlaif_jax/models/build.py builds the model).
+HF_MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "qwen2": "llama"}
 
 
 def _source(hub: str, role: str, path: str = "") -> ConfigDict:
@@ -30,12 +33,13 @@ def base_config() -> ConfigDict:
     c.compilation_cache = "~/.cache/rlaif_jax/xla"  # persistent XLA cache ("" = off)
 
     c.model = ConfigDict()
-    c.model.family = "gpt2"
+    c.model.family = "gpt2"  # "gpt2" or "llama"; ignored with hf_path (its model_type decides)
     c.model.hf_path = ""  # local Hugging Face directory to start from; "" = train from scratch
     c.model.n_positions = 512
     c.model.n_embd = 256
     c.model.n_layer = 4
     c.model.n_head = 4
+    c.model.n_kv_head = 0  # llama from scratch: key/value heads (0 = n_head)
     c.model.dropout = 0.0
     c.model.dtype = "float32"  # compute dtype
     c.model.param_dtype = "float32"
@@ -232,13 +236,20 @@ def _require(ok: bool, key: str, msg: str) -> None:
 def validate(config: ConfigDict) -> None:
     """Checks values that types alone do not catch. Raises ConfigError naming the key."""
     m, s, sp, d = config.model, config.sft, config.sample, config.data
-    _require(m.family == "gpt2", "model.family", f"unknown family {m.family!r} (known: 'gpt2')")
+    _require(m.family in FAMILIES, "model.family", f"unknown family {m.family!r} (known: {FAMILIES})")
+    _require(m.n_kv_head >= 0 and (m.n_kv_head == 0 or m.n_head % m.n_kv_head == 0),
+             "model.n_kv_head", "must be 0 or divide model.n_head")
     for key in ("dtype", "param_dtype"):
         _require(m[key] in DTYPES, f"model.{key}", f"{m[key]!r} is not one of {DTYPES}")
     _require(m.n_embd % m.n_head == 0, "model.n_embd", "must be divisible by model.n_head")
     _require(not m.hf_path or (pathlib.Path(m.hf_path) / "config.json").is_file(),
              "model.hf_path", f"{m.hf_path!r} is not a Hugging Face model directory "
              "(no config.json there)")
+    if m.hf_path and (pathlib.Path(m.hf_path) / "config.json").is_file():
+        model_type = _hf_model_type(pathlib.Path(m.hf_path) / "config.json")
+        _require(model_type is None or model_type in HF_MODEL_TYPES, "model.hf_path",
+                 f"{m.hf_path}/config.json has model_type {model_type!r} (supported: "
+                 f"{', '.join(HF_MODEL_TYPES)})")
     _require(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
     _require(d.on_malformed in ("raise", "skip"), "data.on_malformed", "must be 'raise' or 'skip'")
     _require(d.max_len <= m.n_positions, "data.max_len", "must not exceed model.n_positions")
@@ -277,6 +288,15 @@ def validate(config: ConfigDict) -> None:
     _require(config.num_seeds >= 1, "num_seeds", "must be at least 1")
     _validate_reward(config.reward)
     _validate_ppo(config)
+
+
+def _hf_model_type(path: pathlib.Path):
+    """The `model_type` of a HF config.json (None when absent or unreadable: building the model
+    reports that with the file named)."""
+    try:
+        return json.loads(path.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _validate_feedback(f: ConfigDict) -> None:

@@ -26,8 +26,7 @@ from rlaif_jax.checkpoint import StageCheckpoints, abstract_with_shardings
 from rlaif_jax.data import gorilla, sft_data
 from rlaif_jax.data.splits import build_splits
 from rlaif_jax.data.tokenizer import load_tokenizer
-from rlaif_jax.models.build import load_model_config
-from rlaif_jax.models.gpt2 import GPT2LMHeadModel
+from rlaif_jax.models.build import load_model_config, make_lm
 from rlaif_jax.sampling import SamplingParams, left_pad, make_generate_fn
 
 
@@ -70,7 +69,7 @@ def run(config, workdir: pathlib.Path, **overrides) -> dict:
         raise ValueError(f"config.sample.batch_size={sc.batch_size} must be divisible by the "
                          f"{sharding.batch_size_multiple(mesh)} batch shards of the mesh")
     tokenizer = load_tokenizer(workdir / "tokenizer")
-    model = GPT2LMHeadModel(load_model_config(workdir, config.model))
+    model = make_lm(load_model_config(workdir, config.model))
     params, ckpt_step = load_stage_params(workdir, sc.checkpoint, model, mesh,
                                           config.mesh.fsdp_min_size)
 

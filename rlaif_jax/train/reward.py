@@ -35,8 +35,8 @@ from rlaif_jax.checkpoint import StageCheckpoints, StopRequested, abstract_with_
 from rlaif_jax.data import sft_data
 from rlaif_jax.data.tokenizer import load_tokenizer
 from rlaif_jax.metrics import MetricWriter
-from rlaif_jax.models.build import load_model_config
-from rlaif_jax.models.gpt2 import GPT2LMHeadModel, RewardModel, count_params
+from rlaif_jax.models.build import load_model_config, make_lm, make_reward_model
+from rlaif_jax.models.gpt2 import count_params
 from rlaif_jax.sample_responses import load_stage_params
 from rlaif_jax.sampling import positions_from_mask
 from rlaif_jax.train import reward_data, rm_losses
@@ -47,7 +47,7 @@ STAGE = "reward"
 _FIXED_REWARD_KEYS = ("loss", "init", "validation_fraction", "batch_size")
 
 
-def make_score_fn(model: RewardModel):
+def make_score_fn(model):
     """``fn(params, input_ids [B,T], attention_mask [B,T]) -> scores [B] float32``.
 
     Rows may be a left-padded prompt followed by a right-padded response: position ids come from
@@ -68,7 +68,7 @@ def load_reward_params(workdir: pathlib.Path, mesh, fsdp_min_size: int, model_cf
 
     `model_cfg` (config.model) sets the compute dtype and remat, as for the other stages.
     """
-    model = RewardModel(load_model_config(workdir, model_cfg))
+    model = make_reward_model(load_model_config(workdir, model_cfg))
     params, _ = load_stage_params(workdir, STAGE, model, mesh, fsdp_min_size)
     return model, params
 
@@ -184,7 +184,7 @@ def train(config, workdir: pathlib.Path) -> dict:
     fingerprint = _fingerprint(config, reward_data.files_digest(workdir))
 
     # Model, optimizer, sharded state.
-    model = RewardModel(model_cfg)
+    model = make_reward_model(model_cfg)
     optimizer = make_optimizer(rc)
 
     def init_state(rng, trunk):
@@ -210,7 +210,7 @@ def train(config, workdir: pathlib.Path) -> dict:
         logging.info("Resumed the reward model from step %d (data position %s)", start,
                      meta["data_position"])
     else:
-        trunk, init_step = load_stage_params(workdir, rc.init, GPT2LMHeadModel(model_cfg), mesh,
+        trunk, init_step = load_stage_params(workdir, rc.init, make_lm(model_cfg), mesh,
                                              config.mesh.fsdp_min_size)
         logging.info("Reward trunk from the %s checkpoint at step %d", rc.init, init_step)
         state = jax.jit(init_state, out_shardings=state_sh)(rng, trunk["transformer"])

@@ -26,8 +26,9 @@ from rlaif_jax.data import sft_data
 from rlaif_jax.data.splits import build_splits, split_summary
 from rlaif_jax.data.tokenizer import tokenizer_for_run
 from rlaif_jax.metrics import MetricWriter
-from rlaif_jax.models.build import model_config_for_run, pretrained_params, save_model_config
-from rlaif_jax.models.gpt2 import GPT2LMHeadModel, count_params
+from rlaif_jax.models.build import (make_lm, model_config_for_run, pretrained_params,
+                                    save_model_config)
+from rlaif_jax.models.gpt2 import count_params
 from rlaif_jax.train.losses import next_token_nll
 from rlaif_jax.train.optim import lr_schedule, make_optimizer
 
@@ -130,7 +131,7 @@ def train(config, workdir: pathlib.Path) -> dict:
     # Model, optimizer, sharded state.
     model_cfg = model_config_for_run(config, tokenizer)
     save_model_config(model_cfg, workdir, tokenizer)
-    model = GPT2LMHeadModel(model_cfg)
+    model = make_lm(model_cfg)
     optimizer = make_optimizer(config.sft)
     init_params = pretrained_params(config, model_cfg) if config.model.hf_path else None
 
