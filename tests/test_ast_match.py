@@ -336,3 +336,18 @@ def test_released_responses_score_as_gorilla_scripts_do(records, dbs):
     # Gorilla's script, per line: Q1-Q8 name real APIs of other domains (errors), Q9-Q11 the
     # gold text-to-video domain, Q12 pipeline('question-answering', ...) of another domain.
     assert hf == "EEEEEEEECCCE", hf
+
+
+def test_released_zero_shot_responses_score_as_measured(records, dbs):
+    """Gorilla's released zero-shot responses of the retriever-aware (RT) models (ORIGIN.md).
+    TorchHub: no response has an api_call, so the released TorchHub script scores every one as
+    an error and the Hugging Face script (whole response matched) as a hallucination, the
+    paper's 0 % accuracy / ~100 % hallucination for this model without documents. Hugging Face:
+    904 responses (ids 117, 150, 204, 339, 414, 425, 800 absent), hallucination 58/904 = 6.42 %."""
+    th_file = RELEASED / "torchhub_Gorilla_RT_0_shot.jsonl"
+    assert _outcomes("torchhub", th_file, dbs["torchhub"], records["torchhub"]) == "E" * 186
+    every_argument = APIDatabase.load("torchhub", rule="huggingface")
+    assert _outcomes("torchhub", th_file, every_argument, records["torchhub"]) == "H" * 186
+    hf = _outcomes("huggingface", RELEASED / "huggingface_Gorilla_RT_0_shot.api_call.jsonl",
+                   dbs["huggingface"], records["huggingface"])
+    assert (len(hf), hf.count("C"), hf.count("H"), hf.count("E")) == (904, 809, 58, 37)
