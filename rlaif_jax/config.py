@@ -94,8 +94,8 @@ def base_config() -> ConfigDict:
     c.mesh.fsdp_min_size = 2**14  # parameters smaller than this stay replicated
 
     c.sample = ConfigDict()
-    c.sample.split = "test"
-    c.sample.num_samples = 1  # K completions per prompt
+    c.sample.split = "train"  # the candidates the judge labels come from the training split
+    c.sample.num_samples = 4  # K completions per prompt
     c.sample.max_prompts = 0  # 0 = every prompt of the split, else a seeded random subset
     c.sample.batch_size = 32  # prompts x samples per compiled call
     c.sample.max_prompt_len = 128

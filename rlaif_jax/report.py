@@ -11,6 +11,7 @@ import json
 import pathlib
 import statistics
 
+from rlaif_jax.config import STAGES
 from rlaif_jax.metrics import read_metrics
 
 METRICS = ("ast_accuracy", "hallucination", "ast_error", "strict_accuracy", "rougeL", "codebleu",
@@ -67,8 +68,9 @@ def collect(workdir: pathlib.Path) -> dict:
     """report.json's dict for one pipeline workdir."""
     sft, sft_prov = _headline(_load(workdir / "eval" / "sft" / "report.json"))
     rlaif, rlaif_prov = _headline(_load(workdir / "eval" / "ppo" / "report.json"))
-    stages = {p.stem: json.loads(p.read_text())["seconds"]
-              for p in sorted((workdir / "pipeline").glob("*.json"))}
+    marks = {p.stem: json.loads(p.read_text())["seconds"]
+             for p in (workdir / "pipeline").glob("*.json")}
+    stages = {s: marks[s] for s in STAGES if s in marks}
     reward = _load(workdir / "summaries" / "reward.json") or {}
     ppo = _load(workdir / "summaries" / "ppo.json") or {}
     label = _load(workdir / "summaries" / "label.json") or {}
@@ -88,11 +90,16 @@ def collect(workdir: pathlib.Path) -> dict:
     }
 
 
-def _fmt(value) -> str:
+RATES = set(METRICS) | {"acceptable_fraction", "agreement_with_ast", "val_pairwise_accuracy",
+                        "val_auc", "initial_val_pairwise_accuracy", "initial_val_auc"}
+
+
+def _fmt(value, key: str = "") -> str:
+    """Rates as percentages, other numbers with 4 significant digits."""
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.2%}" if abs(value) <= 1.0 else f"{value:.3f}"
+        return f"{value:.2%}" if key in RATES or key in METRICS else f"{value:.4g}"
     return str(value)
 
 
@@ -106,7 +113,7 @@ def _comparison_table(sft: dict, rlaif: dict) -> list[str]:
     lines = ["| metric | SFT | RLAIF | Δ |", "|---|---:|---:|---:|"]
     for m in METRICS:
         if m in sft or m in rlaif:
-            lines.append(f"| {m} | {_fmt(sft.get(m))} | {_fmt(rlaif.get(m))} | "
+            lines.append(f"| {m} | {_fmt(sft.get(m), m)} | {_fmt(rlaif.get(m), m)} | "
                          f"{_delta(sft.get(m), rlaif.get(m))} |")
     return lines
 
@@ -127,11 +134,11 @@ def write_run_report(config, workdir: pathlib.Path) -> dict:
         md += ["", f"### {name} (n = {both['sft'].get('n', both['rlaif'].get('n'))})", ""]
         md += _comparison_table(both["sft"], both["rlaif"])
     md += ["", "## Reward model", ""]
-    md += [f"- {k}: {_fmt(v)}" for k, v in data["reward_model"].items()] or ["(not trained)"]
+    md += [f"- {k}: {_fmt(v, k)}" for k, v in data["reward_model"].items()] or ["(not trained)"]
     md += ["", "## AI feedback", ""]
-    md += [f"- {k}: {_fmt(v)}" for k, v in data["feedback"].items()] or ["(no labels)"]
+    md += [f"- {k}: {_fmt(v, k)}" for k, v in data["feedback"].items()] or ["(no labels)"]
     md += ["", "## PPO", ""]
-    md += [f"- {k}: {_fmt(v)}" for k, v in data["ppo"].items()] or ["(not run)"]
+    md += [f"- {k}: {_fmt(v, k)}" for k, v in data["ppo"].items()] or ["(not run)"]
     md += [""] + [f"![{p}]({p})" for p in data["plots"]]
     md += ["", "## Stage wall time (s)", "", "| stage | seconds |", "|---|---:|"]
     md += [f"| {s} | {t} |" for s, t in data["stages"].items()]
