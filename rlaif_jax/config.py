@@ -91,7 +91,12 @@ def base_config() -> ConfigDict:
     c.mesh = ConfigDict()
     c.mesh.data = -1  # -1 = all devices not used by the other axes
     c.mesh.fsdp = 1
+    c.mesh.tensor = 1  # tensor-parallel (Megatron) group size; 1 = no tensor axis
     c.mesh.fsdp_min_size = 2**14  # parameters smaller than this stay replicated
+    # (regex, spec) pairs over parameter names, tried before the built-in tensor-parallel rules;
+    # () = built-in rules + fsdp by size. See rlaif_jax/sharding.py.
+    c.mesh.rules = ()
+    c.mesh.multihost = "auto"  # jax.distributed.initialize(): "auto" (from the env), "on", "off"
 
     c.sample = ConfigDict()
     c.sample.split = "train"  # the candidates the judge labels come from the training split
@@ -200,6 +205,7 @@ def base_config() -> ConfigDict:
     c.ppo.rm_weight = 1.0
     c.ppo.exec_weight = 0.0
     c.ppo.ast_weight = 0.0
+    c.ppo.track_rollout_quality = True  # log rollouts' exec / AST rates even at weight 0
     c.ppo.log_every = 1
     c.ppo.checkpoint_every = 5
 
@@ -288,6 +294,16 @@ def validate(config: ConfigDict) -> None:
     _require(config.num_seeds >= 1, "num_seeds", "must be at least 1")
     _validate_reward(config.reward)
     _validate_ppo(config)
+    _validate_mesh(config)
+
+
+def _validate_mesh(config: ConfigDict) -> None:
+    from rlaif_jax.sharding import check_mesh_config  # its messages name the mesh key
+
+    try:
+        check_mesh_config(config.mesh, config.model)
+    except ValueError as e:
+        raise ConfigError(f"config.{e}") from None
 
 
 def _hf_model_type(path: pathlib.Path):

@@ -66,7 +66,7 @@ def test_reference_judge_separates_good_from_broken_candidates(labeled):
     for r in gold:
         assert r["answers"]["syntax"] == "yes" and r["answers"]["real_api"] == "yes", r
         assert r["answers"]["arguments"] == "yes" and r["answers"]["complete"] == "yes", r
-        assert r["judge"] == "reference-v1" and r["rubric"] == "gorilla8-v1"
+        assert r["judge"] == "reference-v2" and r["rubric"] == "gorilla8-v1"
         assert r["soft_score"] is None and r["score"] == r["hard_score"]
     assert sum(r["acceptable"] for r in gold) >= 10
     # Invented ids are not real APIs and their arguments are wrong.
@@ -175,3 +175,30 @@ def test_prompt_shows_instruction_candidate_doc_and_every_question():
     assert "api_arguments" not in text  # empty fields are left out
     no_doc = rubric_lib.prompt_text(rubric_lib.build_messages(rubric, "Classify cats.", "x"))
     assert "Documentation" not in no_doc
+
+
+def test_reference_judge_reads_the_code_not_only_the_api_call_line():
+    """The answer PPO once learned to game: a right api_call over code that drops the model."""
+    import re
+
+    from rlaif_jax.feedback.reference_judge import ReferenceJudge
+
+    rec = next(r for r in build_splits(load_config("smoke").data)["train"]
+               if r["hub"] == "torchhub" and re.search(r"torch\.hub\.load\('[^']+', '[^']+'",
+                                                       r["api_call"]))
+    call = re.search(r"torch\.hub\.load\(.*\)", rec["api_call"])[0]
+    broken_call = re.sub(r"^torch\.hub\.load\(('[^']+'), '[^']+',?\s*", r"torch.hub.load(\1, ",
+                         call)
+    head = gorilla.format_target(rec, sections=("domain", "api_call", "api_provider",
+                                                "explanation"))
+    good = head + f"\n<<<code>>>: import torch\nmodel = {call}"
+    bad = head + f"\n<<<code>>>: import torch\nmodel = {broken_call}"
+    assert broken_call != call
+    ids = rubric_lib.get_rubric("gorilla8-v1").ids
+    cands = [{"text": t, "hub": "torchhub", "finished": True} for t in (good, bad)]
+    good_a, bad_a = ReferenceJudge().judge_candidates(cands, [rec, rec], ids)
+    assert good_a["answers"]["complete"] == good_a["answers"]["arguments"] == "yes", good_a
+    for q in ("complete", "arguments", "logic"):
+        assert bad_a["answers"][q] == "no", bad_a
+    assert (labels_lib.hard_score(bad_a["answers"])
+            <= labels_lib.hard_score(good_a["answers"]) - 3)

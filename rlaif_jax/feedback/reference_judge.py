@@ -1,7 +1,7 @@
 """The offline judge: answers the rubric's questions from the gold record and our own analyzers.
 
 This is **reference-grounded feedback, not an LLM**. It exists because the embedded default must
-run on a machine that reaches no model server, and it is named ``reference-v1`` everywhere (cache
+run on a machine that reaches no model server, and it is named ``reference-v2`` everywhere (cache
 keys, labels, reports). It answers the same questions an LLM judge is asked, deterministically,
 from evidence an LLM would have to estimate:
 
@@ -11,14 +11,18 @@ question       "yes" when
 imports        the response has a code section, and running it (sandbox) hits no import failure
                nor an undefined API/module name (``import`` / ``undefined_name`` statuses)
 syntax         the code and the api_call both parse as Python
-complete       all five sections are present and non-empty, the code uses the api_call's
-               callee, and the generation ended with EOS (not cut off at the length limit)
+complete       all five sections are present and non-empty, the code makes the api_call's
+               call (its callee and every string literal of it appear in the code), and the
+               generation ended with EOS (not cut off at the length limit)
 no_undefined   running the code raises no NameError for an API or module name
 logic          the code runs with no failure attributable to it (sandbox status ``ok``) and
                Gorilla's AST match finds the right API for the task (compat mode, gold domain)
 real_api       Gorilla's AST match finds an API of the provider's database (no hallucination)
                and no model id the hub does not know is loaded (``unknown_model``)
-arguments      the strict AST match holds: the gold API's callee with its reference arguments
+arguments      the strict AST match holds (the gold API's callee with its reference
+               arguments) and running the code raises no argument error and loads no unknown
+               model (``bad_arguments`` / ``unknown_model``): the call the code makes counts,
+               not only the api_call line
 explanation    the explanation is non-empty and shares a salient word with the api_call (a
                word of a quoted model/repo id, or of the callee's name; generic words such as
                "pretrained", "model" or "hub" do not count)
@@ -38,7 +42,10 @@ import re
 from rlaif_jax.data import gorilla
 from rlaif_jax.evaluation import ast_match, sandbox
 
-NAME = "reference-v1"
+# v2: "complete" and "arguments" also look at the code, not only at the api_call line (v1 gave
+# 6-7 of 8 to an answer with a right api_call and code that drops the model argument, which PPO
+# learned to produce). The name is part of the cache key, so v1 answers are not reused.
+NAME = "reference-v2"
 _QUOTED = re.compile(r"""['"]([^'"\n]{2,200})['"]""")
 
 
@@ -112,6 +119,13 @@ def _explanation_consistent(explanation: str, api_call: str) -> bool:
     return bool(explanation.strip()) and bool(_salient_terms(api_call) & _words(explanation))
 
 
+def _code_makes_call(code: str, api_call: str, callee: str | None) -> bool:
+    """The code contains the api_call's callee and each of its string literals."""
+    if not code or callee is None or callee not in code:
+        return False
+    return all(literal in code for literal in _QUOTED.findall(api_call))
+
+
 def answer_one(text: str, gold: dict, finished: bool, ast_result: ast_match.AstResult,
                exec_result: sandbox.ExecResult) -> dict[str, bool]:
     """The gorilla8 answers (True = yes) for one candidate, given its analyses."""
@@ -125,12 +139,13 @@ def answer_one(text: str, gold: dict, finished: bool, ast_result: ast_match.AstR
         "imports": has_code and status not in ("import", "undefined_name", "syntax"),
         "syntax": bool(code) and _parses(code) and bool(api_call) and _parses(api_call),
         "complete": (all(sections.get(k, "").strip() for k in gorilla.SECTIONS) and finished
-                     and callee is not None and callee in sections.get("code", "")),
+                     and _code_makes_call(sections.get("code", ""), api_call, callee)),
         "no_undefined": bool(code) and status not in ("undefined_name", "syntax"),
         "logic": status == "ok" and ast_result.correct,
         "real_api": (not ast_result.hallucination and ast_result.matched_index is not None
                      and status != "unknown_model"),
-        "arguments": ast_result.strict_correct,
+        "arguments": (ast_result.strict_correct
+                      and status not in ("bad_arguments", "unknown_model")),
         "explanation": _explanation_consistent(sections.get("explanation", ""), api_call),
     }
 

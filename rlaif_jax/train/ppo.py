@@ -236,9 +236,10 @@ def train(config, workdir: pathlib.Path, reward_source: RewardSource | None = No
                                              config.mesh.fsdp_min_size)
     if reward_source is None:
         reward_source = reward_model_source(config, workdir, mesh)
-    host_rewards = None
-    if cfg.exec_weight or cfg.ast_weight:
-        host_rewards = HostRewards(cfg.exec_weight != 0, cfg.ast_weight != 0,
+    host_rewards = None  # executability / AST match of the rollouts: rewards and/or logged
+    if cfg.exec_weight or cfg.ast_weight or cfg.track_rollout_quality:
+        host_rewards = HostRewards(cfg.exec_weight != 0 or cfg.track_rollout_quality,
+                                   cfg.ast_weight != 0 or cfg.track_rollout_quality,
                                    config.eval.exec_timeout, config.eval.exec_workers)
 
     # Prompts of the training split, tokenized once.
