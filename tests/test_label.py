@@ -65,9 +65,11 @@ def test_reference_judge_separates_good_from_broken_candidates(labeled):
     # Gold answers: valid, complete, the right API with the right arguments.
     for r in gold:
         assert r["answers"]["syntax"] == "yes" and r["answers"]["real_api"] == "yes", r
-        assert r["answers"]["arguments"] == "yes" and r["answers"]["complete"] == "yes", r
+        assert r["answers"]["complete"] == "yes", r
         assert r["judge"] == "reference-v2" and r["rubric"] == "gorilla8-v1"
         assert r["soft_score"] is None and r["score"] == r["hard_score"]
+    # Gold code with real bugs (e.g. a pipeline task transformers never had) loses "arguments".
+    assert sum(r["answers"]["arguments"] == "yes" for r in gold) >= 10
     assert sum(r["acceptable"] for r in gold) >= 10
     # Invented ids are not real APIs and their arguments are wrong.
     for r in by_kind[1]:
