@@ -5,7 +5,8 @@ for validation); TorchHub eval is a second test set. Tokenizer: a byte-level BPE
 training split. The whole pipeline is sized for about 15 minutes on 2 CPU cores: SFT (300 steps),
 4 candidates for each of 128 training prompts, labels by the offline reference judge, a reward
 model (80 steps of 8 pairs), PPO (10 iterations of 32 prompts, reward = RM score + 1 when the
-rollout's code runs), then greedy evaluation of the test split from SFT and from PPO.
+rollout's code runs, fixed KL coefficient 0.2), then greedy evaluation of the test split from SFT
+and from PPO.
 
     rlaif-jax run --config=configs/tiny.py --workdir runs/tiny
 """
@@ -44,5 +45,9 @@ def get_config(arg=None):
     c.ppo.lr = 5e-5
     c.ppo.critic_lr = 1e-4
     c.ppo.exec_weight = 1.0  # hybrid reward: RM score + 1 when the rollout's code runs
+    # A fixed, firm KL penalty: with the adaptive controller (target 6 nats) the policy drifted
+    # to one template the reward model liked (measured on the validation split, see README).
+    c.ppo.adaptive_kl = False
+    c.ppo.kl_coef = 0.2
     c.ppo.checkpoint_every = 5
     return c
