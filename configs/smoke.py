@@ -1,7 +1,8 @@
 """Seconds-long runs for tests: a very small model on the first records of each source.
 
 `configs/smoke.py:mesh8` is the same run laid out for 8 devices (4 data x 2 fsdp) so tests can
-compare it with the 1-device run.
+compare it with the 1-device run; `:fsdp8` is 1 data x 8 fsdp and `:tp` is 4 fsdp x 2 tensor
+(Megatron tensor parallelism, see rlaif_jax/sharding.py).
 """
 
 from rlaif_jax.config import base_config
@@ -50,6 +51,10 @@ def get_config(arg=None):
     if arg == "mesh8":
         c.mesh.data = 4
         c.mesh.fsdp = 2
+    elif arg == "fsdp8":
+        c.mesh.data, c.mesh.fsdp = 1, 8
+    elif arg == "tp":
+        c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 4, 2
     elif arg:
-        raise ValueError(f"configs/smoke.py: unknown argument {arg!r} (known: mesh8)")
+        raise ValueError(f"configs/smoke.py: unknown argument {arg!r} (known: mesh8, fsdp8, tp)")
     return c

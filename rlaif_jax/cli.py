@@ -187,6 +187,8 @@ def _setup_run(command: str, config) -> pathlib.Path:
         validate(config)
     except ConfigError as e:
         sys.exit(f"rlaif-jax: {e}")
+    from rlaif_jax.distributed import maybe_initialize
+    maybe_initialize(config.mesh.multihost)  # multi-host jobs: before any JAX computation
     workdir = pathlib.Path(_WORKDIR.value)
     save_resolved(config, workdir, command)
     (workdir / "logs").mkdir(parents=True, exist_ok=True)

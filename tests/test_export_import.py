@@ -76,7 +76,7 @@ def test_import_then_sample_through_the_cli(qwen_dir, tmp_path):
 
     cli("sample", SMOKE, "--workdir", w, "--config.sample.max_prompts=2",
         "--config.sample.max_new_tokens=8")
-    rows = [json.loads(line) for line in (w / "samples" / "test.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (w / "samples" / "train.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * load_config("smoke").sample.num_samples
     assert all(1 <= r["num_tokens"] <= 8 and isinstance(r["text"], str) for r in rows)
 

@@ -60,7 +60,7 @@ def test_sft_learns_and_sample_writes_gorilla_jsonl(smoke_run):
     assert losses[-1] < losses[0]
 
     cli("sample", SMOKE, "--workdir", w)
-    lines = (w / "samples" / "test.jsonl").read_text().splitlines()
+    lines = (w / "samples" / "train.jsonl").read_text().splitlines()
     config = load_config("smoke")
     assert len(lines) == config.sample.max_prompts * config.sample.num_samples
     for line in lines:
@@ -68,7 +68,8 @@ def test_sft_learns_and_sample_writes_gorilla_jsonl(smoke_run):
         assert isinstance(rec["question_id"], int) and rec["question_id"] >= 1
         assert isinstance(rec["text"], str) and "<|endoftext|>" not in rec["text"]
         assert 1 <= rec["num_tokens"] <= config.sample.max_new_tokens
-        assert rec["sample_index"] in (0, 1)
+        assert rec["sample_index"] in range(config.sample.num_samples)
+        assert rec["split"] == "train"
 
 
 def test_eval_scores_the_test_split_from_the_checkpoint(smoke_run):

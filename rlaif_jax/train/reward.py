@@ -256,7 +256,7 @@ def train(config, workdir: pathlib.Path) -> dict:
         for step in range(start, rc.steps):
             host = data.batch(rows[schedule.indices(step)], config.data.length_bucket)
             interval_rows += len(host["input_ids"])
-            state, metrics = train_step(state, host)
+            state, metrics = train_step(state, sharding.put_batch(host, mesh))
             pending.append(metrics)
             done = step + 1
             bar.update(1)

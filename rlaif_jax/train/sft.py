@@ -193,7 +193,7 @@ def train(config, workdir: pathlib.Path) -> dict:
                                            config.data.length_bucket)
             interval_tokens += int(host["attention_mask"].sum())
             host = {k: v.reshape(config.sft.grad_accum, micro, -1) for k, v in host.items()}
-            state, metrics = train_step(state, host)
+            state, metrics = train_step(state, sharding.put_batch(host, mesh, batch_dim=1))
             pending.append(metrics)
             done = step + 1
             bar.update(1)
