@@ -4,7 +4,7 @@ Data: the Hugging Face APIBench records (seeded 80/10/10 split) plus TorchHub tr
 for validation); TorchHub eval is a second test set. Tokenizer: a byte-level BPE trained on the
 training split. The whole pipeline is sized for about 15 minutes on 2 CPU cores: SFT (300 steps),
 4 candidates for each of 128 training prompts, labels by the offline reference judge, a reward
-model (80 steps of 8 pairs), PPO (10 iterations of 32 prompts, reward = RM score + 1 when the
+model (80 steps of 8 pairs), PPO (10 iterations of 32 prompts, reward = RM score + 5 when the
 rollout's code runs, fixed KL coefficient 0.2), then greedy evaluation of the test split from SFT
 and from PPO.
 
@@ -44,7 +44,10 @@ def get_config(arg=None):
     c.ppo.max_new_tokens = 256
     c.ppo.lr = 5e-5
     c.ppo.critic_lr = 1e-4
-    c.ppo.exec_weight = 1.0  # hybrid reward: RM score + 1 when the rollout's code runs
+    # Hybrid reward: RM score + 5 when the rollout's code runs. Chosen on the validation split
+    # (seed 0): weight 1 let PPO collapse onto code that drops the model argument (executability
+    # 25.7% -> 2.3%); weight 5 gave 25.7% -> 46.3% with AST accuracy 34.9% -> 37.7%.
+    c.ppo.exec_weight = 5.0
     # A fixed, firm KL penalty: with the adaptive controller (target 6 nats) the policy drifted
     # to one template the reward model liked (measured on the validation split, see README).
     c.ppo.adaptive_kl = False
