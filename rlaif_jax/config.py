@@ -181,6 +181,9 @@ def base_config() -> ConfigDict:
     c.ppo.iterations = 20
     c.ppo.prompts_per_iteration = 32  # rollout batch (prompts of the training split)
     c.ppo.max_new_tokens = 256
+    # Scoring and the update run on the longest rollout response rounded up to a multiple of
+    # this (0: always max_new_tokens). Results are the same; the padding is not computed.
+    c.ppo.response_bucket = 64
     c.ppo.temperature = 1.0
     c.ppo.epochs = 2  # passes over each rollout batch
     c.ppo.minibatch_size = 16
@@ -355,6 +358,7 @@ def _validate_ppo(config: ConfigDict) -> None:
              "ppo.max_new_tokens",
              "sample.max_prompt_len + ppo.max_new_tokens must not exceed model.n_positions")
     _require(p.temperature > 0, "ppo.temperature", "must be positive")
+    _require(p.response_bucket >= 0, "ppo.response_bucket", "must be >= 0 (0 turns trimming off)")
     _require(p.lr > 0 and p.critic_lr > 0, "ppo.lr", "ppo.lr and ppo.critic_lr must be positive")
     _require(p.clip_norm > 0, "ppo.clip_norm", "must be positive")
     _require(p.critic in ("separate", "shared"), "ppo.critic",

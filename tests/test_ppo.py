@@ -272,3 +272,54 @@ def test_eight_devices_give_the_same_first_iterations_as_one(base, straight, tmp
                 "policy_kl", "explained_variance", "response_length"):
         np.testing.assert_allclose([r[key] for r in eight], [r[key] for r in one], rtol=1e-4,
                                    atol=1e-6, err_msg=key)
+
+
+def test_trim_responses_rounds_the_longest_response_up_to_the_bucket():
+    gen = {"tokens": jnp.zeros((2, 256), jnp.int32), "logprobs": jnp.zeros((2, 256)),
+           "lengths": jnp.array([3, 70]), "done": jnp.array([True, True])}
+    assert ppo.trim_responses(gen, 70, 64)["tokens"].shape == (2, 128)
+    assert ppo.trim_responses(gen, 64, 64)["logprobs"].shape == (2, 64)
+    assert ppo.trim_responses(gen, 0, 64)["tokens"].shape == (2, 64)
+    assert ppo.trim_responses(gen, 250, 64)["tokens"].shape == (2, 256)
+    assert ppo.trim_responses(gen, 70, 0)["tokens"].shape == (2, 256)
+    assert ppo.trim_responses(gen, 70, 64)["lengths"].shape == (2,)
+
+
+def test_untrimmed_update_gives_the_same_iterations(base, tmp_path, monkeypatch):
+    """`ppo.response_bucket=0` scores and updates over all max_new_tokens columns; a bucket cuts
+    the padding past the longest response. Both must learn the same thing.
+
+    The barely trained smoke policy never emits EOS within 32 tokens, so the real sampler is
+    wrapped to end each response early (as if EOS came at length 3..9) to leave padding.
+    """
+    real = ppo.make_generate_fn
+
+    def early_eos(model, sampling, prompt_len):
+        generate = real(model, sampling, prompt_len)
+
+        def wrapped(params, ids, mask, rng):
+            gen = generate(params, ids, mask, rng)
+            n = gen["tokens"].shape[1]
+            lengths = jnp.minimum(gen["lengths"], 3 + jnp.arange(ids.shape[0]) % 7)
+            keep = jnp.arange(n)[None, :] < lengths[:, None]
+            return dict(gen, lengths=lengths, done=jnp.ones_like(gen["done"]),
+                        tokens=jnp.where(keep, gen["tokens"], sampling.pad_id),
+                        logprobs=jnp.where(keep, gen["logprobs"], 0.0))
+        return wrapped
+
+    monkeypatch.setattr(ppo, "make_generate_fn", early_eos)
+    runs = {}
+    for bucket in (0, 8):
+        w = copy_run(base, tmp_path / str(bucket))
+        config = load_config("smoke")
+        config.ppo.update(RUN)
+        config.ppo.iterations, config.ppo.response_bucket = 2, bucket
+        ppo.train(config, w)
+        runs[bucket] = read_metrics(w / "metrics" / "ppo.jsonl")
+    full, trimmed = runs[0], runs[8]
+    assert [r["response_width"] for r in full] == [32, 32]
+    assert [r["response_width"] for r in trimmed] == [16, 16]  # longest response 9 -> 16
+    for key in ("reward", "kl", "pg_loss", "vf_loss", "entropy", "clip_fraction", "policy_kl",
+                "explained_variance", "response_length"):
+        np.testing.assert_allclose([r[key] for r in full], [r[key] for r in trimmed], rtol=1e-4,
+                                   atol=1e-6, err_msg=key)

@@ -121,6 +121,19 @@ def make_optimizer(lr: float, clip_norm: float) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(lr, eps=1e-5))
 
 
+def trim_responses(gen: dict, longest: int, bucket: int) -> dict:
+    """Cuts the sampler's [B, max_new_tokens] outputs to the longest response, rounded up to a
+    multiple of `bucket` (0: no cut).
+
+    Columns past every response are padding: scoring and the update would spend most of their
+    time there. Rounding keeps the compiled shapes few (at most max_new_tokens / bucket).
+    """
+    width = gen["tokens"].shape[1]
+    if bucket > 0:
+        width = min(width, max(bucket, -(-longest // bucket) * bucket))
+    return {k: v[:, :width] if v.ndim == 2 else v for k, v in gen.items()}
+
+
 def make_update_fn(ac: ActorCritic, cfg, prompt_len: int, policy_opt, critic_opt, mesh):
     """`update(state, rollout) -> (state, metrics)`: one PPO iteration's learning, all on device."""
     control = pm.kl_controller(cfg.adaptive_kl)
@@ -308,9 +321,11 @@ def train(config, workdir: pathlib.Path, reward_source: RewardSource | None = No
         prompts = sharding.put_batch({"ids": ids, "mask": mask}, mesh)
         gen = generate(state["params"], prompts["ids"], prompts["mask"],
                        jax.random.fold_in(gen_base_rng, iteration))
+        gen = trim_responses(gen, int(jax.device_get(jnp.max(gen["lengths"]))),
+                             cfg.response_bucket)
         rollout = score(state["params"], state["critic"], ref_params, reward_source.params,
                         prompts["ids"], prompts["mask"], gen)
-        host = {}
+        host = {"response_width": float(gen["tokens"].shape[1])}
         if host_rewards is not None:
             tokens, lengths, done = jax.device_get((gen["tokens"], gen["lengths"], gen["done"]))
             found = host_rewards(decode_responses(tokenizer, tokens, lengths, done),
@@ -337,7 +352,7 @@ def train(config, workdir: pathlib.Path, reward_source: RewardSource | None = No
             state, metrics = update(state, rollout)
             metrics = jax.device_get(metrics)  # waits for the update
             t2 = time.time()
-            positions = cfg.prompts_per_iteration * (prompt_len + cfg.max_new_tokens)
+            positions = rollout["tokens"].shape[0] * (prompt_len + rollout["tokens"].shape[1])
             pending.append({**{k: float(v) for k, v in metrics.items()}, **host,
                             "rollout_s": t1 - t0, "update_s": t2 - t1,
                             "rollout_tokens_per_s": generated / (t1 - t0),
