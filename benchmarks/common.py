@@ -1,0 +1,96 @@
+"""Shared helpers for the benchmark scripts: machine description, timing, result files.
+
+Every benchmark script times with :func:`median_time` (warm-up calls first, then the median of
+several repeats) and writes one JSON file with :func:`write_result` into ``benchmarks/results/``;
+``benchmarks/run_all.py`` runs the scripts and renders ``benchmarks/results.md`` from those files.
+
+Result file schema (``benchmarks/results/<name>.json``)::
+
+    {"benchmark": name, "title": str, "machine": machine_info(), "versions": versions(),
+     "quick": bool,                      # a --quick smoke run: numbers are not the headline
+     "tables": [{"title": str, "columns": [str, ...], "rows": [[cell, ...], ...]}],
+     "headline": {key: number},          # ratios / rates the README quotes
+     "targets": [{"name": str, "value": number, "target": number, "met": bool}],
+     "notes": [str, ...]}                # what bounds the result, what was tried
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import time
+from typing import Callable
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def cpu_model() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's vector/matrix extensions that matter for matmul speed (AVX-512, AMX, ...)."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1].split()
+                return sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+    except OSError:
+        pass
+    return []
+
+
+def machine_info() -> dict:
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flags(),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "load_average_1min": os.getloadavg()[0]}
+
+
+def versions(*packages: str) -> dict:
+    names = packages or ("jax", "jaxlib", "flax", "optax", "torch", "transformers", "trl")
+    out = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    try:
+        out["rlaif_jax_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+            cwd=pathlib.Path(__file__).parent, check=False).stdout.strip() or None
+    except OSError:
+        out["rlaif_jax_commit"] = None
+    return out
+
+
+def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict:
+    """Calls `fn` `warmup` times untimed, then `repeats` times; `fn` must block until its work
+    is done (e.g. `jax.block_until_ready`). Returns the median and every time, in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "times_s": times}
+
+
+def write_result(name: str, result: dict) -> pathlib.Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {"benchmark": name, "machine": machine_info(), "versions": versions(), **result}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
