@@ -3,7 +3,8 @@
 Every stage command reads the same ml-collections config. Unknown keys and values of the wrong
 type are rejected before flag parsing ends; `rlaif_jax.config.validate` then checks values. Both
 happen before any work starts. The resolved config is written to `DIR/config.COMMAND.json` and
-the log to `DIR/logs/COMMAND.log`.
+the log to `DIR/logs/COMMAND.log`. In a multi-host run process 0 writes the config and that
+log, and each other process logs to `DIR/logs/COMMAND.process<N>.log`.
 
 `rlaif-jax eval-responses` scores any Gorilla-format responses file and takes no config;
 `rlaif-jax import --hf DIR --workdir W` and `rlaif-jax export --workdir W --stage S --out DIR`
@@ -78,7 +79,9 @@ def _label(config, workdir):
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # incl. the judge's JudgeError
         logging.error("label failed: %s", e)
         sys.exit(f"rlaif-jax label: {e}\n(answers received so far are cached; rerun to resume)")
-    label.print_summary(summary)
+    from rlaif_jax import distributed
+    if distributed.is_writer():
+        label.print_summary(summary)
 
 
 def _reward(config, workdir):
@@ -187,12 +190,17 @@ def _setup_run(command: str, config) -> pathlib.Path:
         validate(config)
     except ConfigError as e:
         sys.exit(f"rlaif-jax: {e}")
-    from rlaif_jax.distributed import maybe_initialize
-    maybe_initialize(config.mesh.multihost)  # multi-host jobs: before any JAX computation
+    from rlaif_jax import distributed
+    distributed.maybe_initialize(config.mesh.multihost)  # multi-host: before any JAX computation
     workdir = pathlib.Path(_WORKDIR.value)
-    save_resolved(config, workdir, command)
+    log_name = f"{command}.log"
+    if distributed.is_writer():
+        save_resolved(config, workdir, command)
+    else:
+        import jax
+        log_name = f"{command}.process{jax.process_index()}.log"
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(workdir / "logs" / f"{command}.log")
+    handler = logging.FileHandler(workdir / "logs" / log_name)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     if config.compilation_cache:

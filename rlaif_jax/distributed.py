@@ -26,6 +26,12 @@ jitted step runs as one SPMD program.
   after a barrier. Restoring reads each host's shards back the same way. The checkpoint
   directory must therefore be one directory that every host sees: a shared file system
   (NFS / Filestore, or a gcsfuse mount) at the same path on each worker.
+* Outputs: what a stage brings back to the host from a batch-sharded array (generated tokens,
+  reward-model scores) goes through `to_host`, which gathers the rows of every host, so all
+  hosts decode, score and log the same values. Files (metrics, summaries, samples, feedback,
+  reports, the tokenizer and model config) are written by process 0 alone (`is_writer`); the
+  other hosts compute the same things and skip the write. Host values that could differ
+  between hosts (sandbox results under a time limit) are taken from process 0 (`from_writer`).
 """
 
 from __future__ import annotations
@@ -156,10 +162,47 @@ def global_batch(array: np.ndarray, mesh: Mesh, batch_dim: int = 0,
         batch_sharding(mesh, batch_dim, array.ndim), local, array.shape)
 
 
-def to_host(x) -> np.ndarray:
-    """A (possibly batch-sharded) array as numpy on every host: `device_get` on one host,
-    an all-gather across hosts otherwise."""
-    if jax.process_count() == 1:
+def to_host(tree):
+    """Arrays (any pytree of them) as numpy, the full global value on every host.
+
+    A batch-sharded array of a multi-host run is not fully addressable: no host holds all of
+    it and `jax.device_get` refuses it, so such arrays are all-gathered across processes
+    (`process_allgather`). Everything else (one process, replicated values such as reduced
+    metrics, host arrays) is fetched as it is. Every process must call this together when a
+    gathered array is involved: the gather is a collective.
+    """
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            from jax.experimental import multihost_utils
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(one, tree)
+
+
+# --- who writes ---------------------------------------------------------------------------------
+
+
+def is_writer() -> bool:
+    """Whether this process writes the run's files: process 0 does (metrics, summaries, samples,
+    feedback, reports, tokenizer and model config); the others compute the same values and
+    write nothing. Orbax checkpoints are the exception: every process calls `save`."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Waits until every process got here (a no-op with one process); e.g. before the other
+    hosts read a file that process 0 wrote."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def from_writer(tree):
+    """Process 0's value of a pytree of host arrays, on every process (identity with one):
+    for host-computed values that may differ between hosts, e.g. sandbox results with time
+    limits, which must agree before they enter a global array."""
+    if jax.process_count() == 1:
+        return tree
     from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return multihost_utils.broadcast_one_to_all(tree)

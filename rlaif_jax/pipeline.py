@@ -14,6 +14,9 @@ and ``W/report.json``::
     {"sft": {metric: value}, "rlaif": {...}, "per_provider": {...}, "reward_model": {...},
      "ppo": {...}, "stages": {stage: seconds}}
 
+Multi-host runs: every host runs every stage; process 0 alone writes the marks and the report.
+Which stages to skip is decided before the first one starts, so all hosts run the same ones.
+
 With ``config.num_seeds = N > 1`` the whole pipeline runs N times with seeds ``seed .. seed+N-1``
 in ``W/seed_<k>/`` (same data split: `data.split_seed` is separate) and ``W/report.md`` /
 ``W/report.json`` give the mean and standard deviation over seeds of each metric.
@@ -26,6 +29,7 @@ import logging
 import pathlib
 import time
 
+from rlaif_jax import distributed
 from rlaif_jax.config import STAGES, stage_list
 
 
@@ -69,26 +73,30 @@ def _run_stage(stage: str, config, workdir: pathlib.Path) -> dict:
 def run_one(config, workdir: pathlib.Path) -> dict:
     """Runs the picked stages that are not done yet in `workdir`; returns report.json's dict."""
     marks = workdir / "pipeline"
-    marks.mkdir(parents=True, exist_ok=True)
     picked = stage_list(config)
     unknown = [s for s in picked if s not in STAGES]
     if unknown:
         raise ValueError(f"config.stages: unknown {unknown} (stages: {', '.join(STAGES)})")
-    for stage in STAGES:
-        if stage not in picked:
-            continue
-        mark = marks / f"{stage}.json"
-        if mark.is_file():
+    todo = []
+    for stage in (s for s in STAGES if s in picked):
+        if (marks / f"{stage}.json").is_file():
             logging.info("pipeline: %s already done in %s; skipping", stage, workdir)
             print(f"[pipeline] {stage}: done earlier, skipped")
-            continue
+        else:
+            todo.append(stage)
+    for stage in todo:
         print(f"[pipeline] {stage}: running")
         start = time.time()
         _run_stage(stage, config, workdir)
         seconds = round(time.time() - start, 1)
-        mark.write_text(json.dumps({"stage": stage, "seconds": seconds,
-                                    "finished": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+        if distributed.is_writer():
+            marks.mkdir(parents=True, exist_ok=True)
+            (marks / f"{stage}.json").write_text(json.dumps(
+                {"stage": stage, "seconds": seconds,
+                 "finished": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
         print(f"[pipeline] {stage}: done in {seconds} s")
+    if not distributed.is_writer():
+        return {"workdir": str(workdir), "report": "written by process 0"}
     from rlaif_jax import report
     return report.write_run_report(config, workdir)
 
@@ -103,5 +111,7 @@ def run(config, workdir: pathlib.Path) -> dict:
         seed_dir = workdir / f"seed_{k}"
         print(f"[pipeline] seed {config.seed + k} in {seed_dir}")
         per_seed.append(run_one(_with(config, seed=config.seed + k), seed_dir))
+    if not distributed.is_writer():
+        return {"workdir": str(workdir), "report": "written by process 0"}
     return report.write_seeds_report(config, workdir, per_seed)
 

@@ -4,7 +4,8 @@ Each output line has Gorilla's response fields (`question_id`: 1-based line of t
 apibench file; `text`: the completion) plus ours: `hub`, `split`, `sample_index`, `instruction`,
 `num_tokens`, `finished` (ended with EOS) and `logprob` (sum of the sampled tokens' log-probs).
 The file is written to a temporary name and renamed when complete; a summary (counts, fraction
-well-formed and ended with EOS, wall time) is written beside it as `<name>.summary.json`.
+well-formed and ended with EOS, wall time) is written beside it as `<name>.summary.json`. In a
+multi-host run every host gathers and decodes all completions, and process 0 writes the files.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from rlaif_jax import sharding
+from rlaif_jax import distributed, sharding
 from rlaif_jax.checkpoint import StageCheckpoints, abstract_with_shardings
 from rlaif_jax.data import gorilla, sft_data
 from rlaif_jax.data.splits import build_splits
 from rlaif_jax.data.tokenizer import load_tokenizer
+from rlaif_jax.metrics import write_json
 from rlaif_jax.models.build import load_model_config, make_lm
 from rlaif_jax.sampling import SamplingParams, left_pad, make_generate_fn
 
@@ -88,37 +90,39 @@ def run(config, workdir: pathlib.Path, **overrides) -> dict:
         top_p=sc.top_p, greedy=sc.greedy, eos_id=tokenizer.eos_token_id,
         pad_id=tokenizer.pad_token_id), prompt_len=sc.max_prompt_len)
     out_path = pathlib.Path(sc.out) if sc.out else workdir / "samples" / f"{sc.split}.jsonl"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(out_path.suffix + ".tmp")
     base_rng = jax.random.PRNGKey(config.seed)
     n_tokens = n_finished = n_well_formed = n_truncated_prompts = 0
-    with tmp.open("w") as f:
-        for b, start in enumerate(tqdm(range(0, len(rows), sc.batch_size), desc="sample",
-                                       disable=not config.progress)):
-            chunk = rows[start:start + sc.batch_size]
-            padded = chunk + [chunk[-1]] * (sc.batch_size - len(chunk))  # fixed shape: no retrace
-            ids, mask = left_pad([prompt_ids[i] for i, _ in padded], sc.max_prompt_len,
-                                 tokenizer.pad_token_id)
-            n_truncated_prompts += sum(len(prompt_ids[i]) > sc.max_prompt_len for i, _ in chunk)
-            batch = sharding.put_batch({"ids": np.asarray(ids), "mask": np.asarray(mask)}, mesh)
-            out = jax.device_get(generate(params, batch["ids"], batch["mask"],
-                                          jax.random.fold_in(base_rng, b)))
-            for j, (i, k) in enumerate(chunk):
-                length = int(out["lengths"][j])
-                finished = bool(out["done"][j])
-                toks = out["tokens"][j, :length - 1 if finished else length]
-                text = tokenizer.decode(toks.tolist(), skip_special_tokens=True)
-                rec = records[i]
-                good = well_formed(text)
-                n_tokens, n_finished, n_well_formed = (n_tokens + length, n_finished + finished,
-                                                       n_well_formed + good)
-                f.write(json.dumps({
-                    "question_id": int(rec["question_id"]), "text": text, "hub": rec["hub"],
-                    "source": rec["source"],
-                    "split": sc.split, "sample_index": k, "instruction": rec["instruction"],
-                    "num_tokens": length, "finished": finished, "well_formed": good,
-                    "logprob": float(out["logprobs"][j, :length].sum())}) + "\n")
-    tmp.replace(out_path)
+    lines = []
+    for b, start in enumerate(tqdm(range(0, len(rows), sc.batch_size), desc="sample",
+                                   disable=not config.progress)):
+        chunk = rows[start:start + sc.batch_size]
+        padded = chunk + [chunk[-1]] * (sc.batch_size - len(chunk))  # fixed shape: no retrace
+        ids, mask = left_pad([prompt_ids[i] for i, _ in padded], sc.max_prompt_len,
+                             tokenizer.pad_token_id)
+        n_truncated_prompts += sum(len(prompt_ids[i]) > sc.max_prompt_len for i, _ in chunk)
+        batch = sharding.put_batch({"ids": np.asarray(ids), "mask": np.asarray(mask)}, mesh)
+        out = distributed.to_host(generate(params, batch["ids"], batch["mask"],
+                                           jax.random.fold_in(base_rng, b)))
+        for j, (i, k) in enumerate(chunk):
+            length = int(out["lengths"][j])
+            finished = bool(out["done"][j])
+            toks = out["tokens"][j, :length - 1 if finished else length]
+            text = tokenizer.decode(toks.tolist(), skip_special_tokens=True)
+            rec = records[i]
+            good = well_formed(text)
+            n_tokens, n_finished, n_well_formed = (n_tokens + length, n_finished + finished,
+                                                   n_well_formed + good)
+            lines.append(json.dumps({
+                "question_id": int(rec["question_id"]), "text": text, "hub": rec["hub"],
+                "source": rec["source"],
+                "split": sc.split, "sample_index": k, "instruction": rec["instruction"],
+                "num_tokens": length, "finished": finished, "well_formed": good,
+                "logprob": float(out["logprobs"][j, :length].sum())}) + "\n")
+    if distributed.is_writer():
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_suffix(out_path.suffix + ".tmp")
+        tmp.write_text("".join(lines))
+        tmp.replace(out_path)
     elapsed = time.time() - start_time
     summary = {"stage": "sample", "out": str(out_path), "checkpoint_step": ckpt_step,
                "prompts": len(records), "samples": len(rows),
@@ -129,5 +133,5 @@ def run(config, workdir: pathlib.Path, **overrides) -> dict:
     if n_truncated_prompts:
         logging.warning("%d prompts were longer than sample.max_prompt_len=%d and kept their end",
                         n_truncated_prompts, sc.max_prompt_len)
-    out_path.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out_path.with_suffix(".summary.json"), summary)
     return summary

@@ -1,17 +1,22 @@
 """Tokenizers: any Hugging Face tokenizer from a local directory, or a byte-level BPE trained here.
 
 Whatever the source, the tokenizer used by a run is saved in `<workdir>/tokenizer` in Hugging Face
-format, so every later stage (and `transformers.AutoTokenizer`) loads exactly the same one.
+format, so every later stage (and `transformers.AutoTokenizer`) loads exactly the same one. In a
+multi-host run process 0 saves it; the other hosts build the same tokenizer and do not write.
 """
 
 from __future__ import annotations
 
 import logging
 import pathlib
+import shutil
+import tempfile
 from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from rlaif_jax import distributed
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -63,5 +68,13 @@ def tokenizer_for_run(config, workdir: pathlib.Path, train_texts: Iterable[str])
     else:
         tok = train_bpe(train_texts, config.tokenizer.vocab_size, config.tokenizer.min_frequency)
         logging.info("Trained byte-level BPE on the training split (vocab %d)", len(tok))
-    tok.save_pretrained(str(out))
+    if not distributed.is_writer():  # multi-host: the same tokenizer, saved privately
+        with tempfile.TemporaryDirectory() as private:
+            tok.save_pretrained(private)
+            return load_tokenizer(private)
+    # Saved under a temporary name, then renamed: another host never sees a partial directory.
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok.save_pretrained(str(tmp))
+    tmp.rename(out)
     return load_tokenizer(out)

@@ -3,7 +3,8 @@
 Writes into `<workdir>/eval/<checkpoint>/`: `responses_<split>.jsonl` (every response), and per
 apibench source file: `<split>_<hub>_<source>.jsonl` (Gorilla's format) and
 `report_<hub>_<source>.json` (the full evaluator report with per-response records); then
-`report.json` with the headline numbers per provider and over all responses.
+`report.json` with the headline numbers per provider and over all responses. In a multi-host
+run every host samples (a collective), and process 0 alone scores and writes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from rlaif_jax import sample_responses
+from rlaif_jax import distributed, sample_responses
 from rlaif_jax.data.splits import source_path
 from rlaif_jax.evaluation import evaluator
 
@@ -43,11 +44,13 @@ def _overall(reports: list[dict]) -> dict:
 def run(config, workdir: pathlib.Path) -> dict:
     ec = config.eval
     out_dir = workdir / "eval" / ec.checkpoint
-    out_dir.mkdir(parents=True, exist_ok=True)
     responses = out_dir / f"responses_{ec.split}.jsonl"
     sample_responses.run(config, workdir, split=ec.split, checkpoint=ec.checkpoint,
                          greedy=ec.greedy, num_samples=1, max_prompts=ec.max_prompts,
                          out=str(responses))
+    if not distributed.is_writer():  # scoring needs no devices: process 0 does it
+        return {"checkpoint": ec.checkpoint, "split": ec.split,
+                "out": str(out_dir / "report.json"), "scored_by": "process 0"}
 
     by_source: dict[tuple[str, str], list[str]] = {}
     for line in responses.read_text().splitlines():

@@ -17,6 +17,9 @@ Backends (`config.feedback.backend`):
 
 `config.feedback.dry_run` counts what would be asked (calls, estimated tokens and cost for the
 openai backend) and writes nothing.
+
+Multi-host runs: labelling needs no accelerator, so process 0 alone judges and writes; the other
+hosts wait for it at a barrier and return the summary it wrote (the workdir is shared).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import logging
 import pathlib
 import time
 
+from rlaif_jax import distributed
 from rlaif_jax.data import sft_data
 from rlaif_jax.data.gorilla import MalformedRecordError
 from rlaif_jax.data.splits import build_splits
@@ -34,6 +38,7 @@ from rlaif_jax.evaluation import ast_match
 from rlaif_jax.feedback import labels as labels_lib
 from rlaif_jax.feedback import rubric as rubric_lib
 from rlaif_jax.feedback.cache import FeedbackCache, make_key
+from rlaif_jax.metrics import write_json, write_summary
 
 REFERENCE_CHUNK = 256  # reference answers are computed and cached this many at a time
 
@@ -138,6 +143,17 @@ def _write_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
 
 def run(config, workdir: pathlib.Path) -> dict:
     """Labels the candidates; returns the summary also written to W/feedback/summary.json."""
+    summary = _run(config, workdir) if distributed.is_writer() else None
+    distributed.barrier("label: feedback files written")
+    if summary is not None:
+        return summary
+    if config.feedback.dry_run:
+        return {"stage": "label", "dry_run": True, "judge": None, "estimate": {},
+                "note": "dry run counted by process 0"}
+    return json.loads((workdir / "summaries" / "label.json").read_text())
+
+
+def _run(config, workdir: pathlib.Path) -> dict:
     start = time.time()
     fc = config.feedback
     rubric = rubric_lib.get_rubric(fc.rubric)
@@ -196,9 +212,8 @@ def run(config, workdir: pathlib.Path) -> dict:
                "labels": str(out_dir / "labels.jsonl"), "pairs_file": str(out_dir / "pairs.jsonl"),
                "histogram": str(out_dir / "score_histogram.png"),
                "wall_time_s": round(time.time() - start, 1)}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (workdir / "summaries").mkdir(exist_ok=True)
-    (workdir / "summaries" / "label.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out_dir / "summary.json", summary)
+    write_summary(workdir, "label", summary)
     return summary
 
 

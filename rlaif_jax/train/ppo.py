@@ -44,12 +44,12 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from rlaif_jax import sharding
+from rlaif_jax import distributed, sharding
 from rlaif_jax.checkpoint import StageCheckpoints, StopRequested, abstract_with_shardings
 from rlaif_jax.data import sft_data
 from rlaif_jax.data.splits import build_splits
 from rlaif_jax.data.tokenizer import load_tokenizer
-from rlaif_jax.metrics import MetricWriter, read_metrics
+from rlaif_jax.metrics import MetricWriter, read_metrics, write_summary
 from rlaif_jax.models.build import load_model_config, make_lm
 from rlaif_jax.sample_responses import load_stage_params
 from rlaif_jax.sampling import SamplingParams, left_pad, make_generate_fn
@@ -321,21 +321,25 @@ def train(config, workdir: pathlib.Path, reward_source: RewardSource | None = No
         prompts = sharding.put_batch({"ids": ids, "mask": mask}, mesh)
         gen = generate(state["params"], prompts["ids"], prompts["mask"],
                        jax.random.fold_in(gen_base_rng, iteration))
-        gen = trim_responses(gen, int(jax.device_get(jnp.max(gen["lengths"]))),
+        gen = trim_responses(gen, int(distributed.to_host(jnp.max(gen["lengths"]))),
                              cfg.response_bucket)
         rollout = score(state["params"], state["critic"], ref_params, reward_source.params,
                         prompts["ids"], prompts["mask"], gen)
         host = {"response_width": float(gen["tokens"].shape[1])}
         if host_rewards is not None:
-            tokens, lengths, done = jax.device_get((gen["tokens"], gen["lengths"], gen["done"]))
-            found = host_rewards(decode_responses(tokenizer, tokens, lengths, done),
-                                 [records[i] for i in idx])
+            # Every host decodes all rows (gathered) and scores them; process 0's results are
+            # used everywhere, as sandbox time limits could make hosts disagree.
+            tokens, lengths, done = distributed.to_host(
+                (gen["tokens"], gen["lengths"], gen["done"]))
+            found = distributed.from_writer(host_rewards(
+                decode_responses(tokenizer, tokens, lengths, done), [records[i] for i in idx]))
             bonus = sum(found.get(k, 0.0) * w for k, w in (("exec", cfg.exec_weight),
                                                             ("ast", cfg.ast_weight)))
-            rollout["reward"] = rollout["reward"] + jax.device_put(
-                np.asarray(bonus, np.float32), rollout_sh["reward"])
+            bonus = np.broadcast_to(np.asarray(bonus, np.float32), (len(idx),))
+            rollout["reward"] = rollout["reward"] + sharding.put_batch({"bonus": bonus},
+                                                                       mesh)["bonus"]
             host.update({f"{k}_rate": float(np.mean(v)) for k, v in found.items()})
-        logged = jax.device_get({k: v for k, v in rollout.items() if k not in ROLLOUT_NDIM})
+        logged = distributed.to_host({k: v for k, v in rollout.items() if k not in ROLLOUT_NDIM})
         host.update({k: float(np.max(v) if k == "sampler_logp_gap" else np.mean(v))
                      for k, v in logged.items()})
         return {k: rollout[k] for k in ROLLOUT_NDIM}, host
@@ -347,10 +351,10 @@ def train(config, workdir: pathlib.Path, reward_source: RewardSource | None = No
         for iteration in range(start, cfg.iterations):
             t0 = time.time()
             rollout, host = rollout_for(iteration)
-            generated = int(np.sum(jax.device_get(rollout["lengths"])))  # waits for the rollout
+            generated = int(np.sum(distributed.to_host(rollout["lengths"])))  # waits for it
             t1 = time.time()
             state, metrics = update(state, rollout)
-            metrics = jax.device_get(metrics)  # waits for the update
+            metrics = jax.device_get(metrics)  # waits for the update; replicated scalars
             t2 = time.time()
             positions = rollout["tokens"].shape[0] * (prompt_len + rollout["tokens"].shape[1])
             pending.append({**{k: float(v) for k, v in metrics.items()}, **host,
@@ -380,6 +384,7 @@ def train(config, workdir: pathlib.Path, reward_source: RewardSource | None = No
     ckpts.wait()
     ckpts.close()
     writer.close()
+    distributed.barrier("ppo metrics written")  # the summary reads process 0's metrics file
     return _write_summary(workdir, config, start, mesh, wall_start)
 
 
@@ -399,7 +404,5 @@ def _write_summary(workdir, config, start, mesh, wall_start) -> dict:
     for key in ("rm_score", "exec_rate", "ast_rate"):
         if key in last:
             summary[f"initial_{key}"], summary[f"final_{key}"] = first.get(key), last[key]
-    out = workdir / "summaries"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{STAGE}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_summary(workdir, STAGE, summary)
     return summary

@@ -30,11 +30,11 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from rlaif_jax import sharding
+from rlaif_jax import distributed, sharding
 from rlaif_jax.checkpoint import StageCheckpoints, StopRequested, abstract_with_shardings
 from rlaif_jax.data import sft_data
 from rlaif_jax.data.tokenizer import load_tokenizer
-from rlaif_jax.metrics import MetricWriter
+from rlaif_jax.metrics import MetricWriter, write_summary
 from rlaif_jax.models.build import load_model_config, make_lm, make_reward_model
 from rlaif_jax.models.gpt2 import count_params
 from rlaif_jax.sample_responses import load_stage_params
@@ -133,8 +133,8 @@ def score_sequences(score_fn, params, seqs: reward_data.Sequences, batch_size: i
     out = []
     for batch in sft_data.eval_batches(seqs, batch_size):
         batch = sharding.put_batch(sft_data.trim_to_bucket(batch, bucket), mesh)
-        out.append(np.asarray(jax.device_get(
-            score_fn(params, batch["input_ids"], batch["attention_mask"]))))
+        out.append(distributed.to_host(  # batch-sharded: gathered from every host
+            score_fn(params, batch["input_ids"], batch["attention_mask"])))
     return np.concatenate(out)[:len(seqs)] if out else np.zeros((0,), np.float32)
 
 
@@ -262,7 +262,7 @@ def train(config, workdir: pathlib.Path) -> dict:
             bar.update(1)
 
             if done % rc.log_every == 0 or done == rc.steps:
-                fetched = jax.device_get(pending)
+                fetched = jax.device_get(pending)  # replicated scalars: no gather needed
                 elapsed = time.time() - interval_start
                 last_loss = float(np.mean([m["loss"] for m in fetched]))
                 writer.write(done, {
@@ -300,7 +300,5 @@ def train(config, workdir: pathlib.Path) -> dict:
                **data.counts,
                "params": count_params(state["params"]), "mesh": dict(mesh.shape),
                "wall_time_s": round(time.time() - wall_start, 1)}
-    out = workdir / "summaries"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{STAGE}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_summary(workdir, STAGE, summary)
     return summary

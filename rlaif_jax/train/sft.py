@@ -20,12 +20,12 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from rlaif_jax import sharding
+from rlaif_jax import distributed, sharding
 from rlaif_jax.checkpoint import StageCheckpoints, StopRequested, abstract_with_shardings
 from rlaif_jax.data import sft_data
 from rlaif_jax.data.splits import build_splits, split_summary
 from rlaif_jax.data.tokenizer import tokenizer_for_run
-from rlaif_jax.metrics import MetricWriter
+from rlaif_jax.metrics import MetricWriter, write_summary
 from rlaif_jax.models.build import (make_lm, model_config_for_run, pretrained_params,
                                     save_model_config)
 from rlaif_jax.models.gpt2 import count_params
@@ -90,6 +90,7 @@ def evaluate(eval_step, params, split: sft_data.EncodedSplit, batch_size: int, b
     total, count = 0.0, 0.0
     for batch in sft_data.eval_batches(split, batch_size):
         batch = sft_data.trim_to_bucket(batch, bucket)
+        # Sums over the whole batch: replicated scalars, readable on every host.
         nll, n = eval_step(params, sharding.put_batch(batch, mesh))
         total, count = total + float(nll), count + float(n)
     return total / max(count, 1.0)
@@ -130,7 +131,8 @@ def train(config, workdir: pathlib.Path) -> dict:
 
     # Model, optimizer, sharded state.
     model_cfg = model_config_for_run(config, tokenizer)
-    save_model_config(model_cfg, workdir, tokenizer)
+    if distributed.is_writer():
+        save_model_config(model_cfg, workdir, tokenizer)
     model = make_lm(model_cfg)
     optimizer = make_optimizer(config.sft)
     init_params = pretrained_params(config, model_cfg) if config.model.hf_path else None
@@ -199,6 +201,7 @@ def train(config, workdir: pathlib.Path) -> dict:
             bar.update(1)
 
             if done % config.sft.log_every == 0 or done == steps:
+                # Replicated scalars (out_shardings): every host holds them, no gather needed.
                 fetched = jax.device_get(pending)
                 elapsed = time.time() - interval_start
                 row = {"loss": np.mean([m["loss"] for m in fetched]),
@@ -238,7 +241,5 @@ def train(config, workdir: pathlib.Path) -> dict:
                "train_examples": len(train_set), "val_examples": len(val_set),
                "truncated_train_examples": train_set.n_truncated,
                "wall_time_s": round(time.time() - wall_start, 1)}
-    out = workdir / "summaries"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{STAGE}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_summary(workdir, STAGE, summary)
     return summary
