@@ -41,21 +41,30 @@ class EncodedSplit:
 
 
 def encode(records, tokenizer, data_cfg) -> EncodedSplit:
-    """Tokenizes prompt and response separately, so the mask boundary is exact."""
-    prompts = [prompt_text(r, data_cfg) for r in records]
-    targets = [target_text(r, data_cfg) for r in records]
+    """The records' prompt + target + EOS rows (`encode_texts`)."""
+    return encode_texts([prompt_text(r, data_cfg) for r in records],
+                        [target_text(r, data_cfg) for r in records], tokenizer,
+                        int(data_cfg.max_len))
+
+
+def encode_texts(prompts: list[str], targets: list[str], tokenizer, max_len: int) -> EncodedSplit:
+    """Rows of ``prompt + target + EOS``, right-padded (cut) to `max_len`, the loss mask on the
+    target and EOS. Prompt and target are tokenized separately, so the mask boundary is exact;
+    the reward model's sequences are built here too, so it reads what the policy writes."""
+    n = len(prompts)
+    ids = np.full((n, max_len), tokenizer.pad_token_id, np.int32)
+    attn = np.zeros((n, max_len), np.int32)
+    loss = np.zeros((n, max_len), np.int32)
+    if not n:
+        return EncodedSplit(ids, attn, loss, 0)
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     t_ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
-    n, length = len(prompts), int(data_cfg.max_len)
-    ids = np.full((n, length), tokenizer.pad_token_id, np.int32)
-    attn = np.zeros((n, length), np.int32)
-    loss = np.zeros((n, length), np.int32)
     truncated = 0
     for i, (p, t) in enumerate(zip(p_ids, t_ids)):
         seq = list(p) + list(t) + [tokenizer.eos_token_id]
-        if len(seq) > length:
+        if len(seq) > max_len:
             truncated += 1
-            seq = seq[:length]
+            seq = seq[:max_len]
         ids[i, :len(seq)] = seq
         attn[i, :len(seq)] = 1
         loss[i, len(p):len(seq)] = 1

@@ -12,8 +12,8 @@ Hold-out is by PROMPT (``hub`` + ``question_id``): a seeded permutation of all p
 files puts ``reward.validation_fraction`` of them in validation, so no prompt (and none of its
 candidates) is seen in training and validation both.
 
-A sequence is ``tokens(prompt) + tokens(response) + EOS`` cut to ``data.max_len``, encoded exactly
-as `sft_data.encode` encodes prompt + target (prompt and response tokenised separately), so the
+A sequence is ``tokens(prompt) + tokens(response) + EOS`` cut to ``data.max_len``, built by
+`sft_data.encode_texts` as the SFT examples are (prompt and response tokenised separately), so the
 reward model reads the token sequences the policy writes. Batches are a pure function of the step
 (`sft_data.BatchSchedule`), so a resumed run sees the batches an uninterrupted one would; a
 pairwise batch is the B chosen rows followed by the B rejected rows, one ``[2B, T]`` array.
@@ -131,23 +131,9 @@ class Sequences:
 
 
 def encode_texts(prompts: list[str], responses: list[str], tokenizer, max_len: int) -> Sequences:
-    """Token rows of ``prompt + response + EOS``, built the way `sft_data.encode` builds them."""
-    n = len(prompts)
-    ids = np.full((n, max_len), tokenizer.pad_token_id, np.int32)
-    mask = np.zeros((n, max_len), np.int32)
-    if not n:
-        return Sequences(ids, mask, 0)
-    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    r_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
-    truncated = 0
-    for i, (p, r) in enumerate(zip(p_ids, r_ids)):
-        seq = list(p) + list(r) + [tokenizer.eos_token_id]
-        if len(seq) > max_len:
-            truncated += 1
-            seq = seq[:max_len]
-        ids[i, :len(seq)] = seq
-        mask[i, :len(seq)] = 1
-    return Sequences(ids, mask, truncated)
+    """Token rows of ``prompt + response + EOS``, encoded by `sft_data.encode_texts`."""
+    enc = sft_data.encode_texts(prompts, responses, tokenizer, max_len)
+    return Sequences(enc.input_ids, enc.attention_mask, enc.n_truncated)
 
 
 @dataclasses.dataclass
