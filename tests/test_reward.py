@@ -129,10 +129,10 @@ def test_malformed_line_is_named(tmp_path):
     good = {"question_id": 1, "hub": "torchhub", "prompt": "p", "chosen": "a", "rejected": "b"}
     path.write_text(json.dumps(good) + "\n\n" + json.dumps({**good, "chosen": 3}) + "\n")
     with pytest.raises(gorilla.MalformedRecordError, match=r"pairs.jsonl:3: 'chosen' is int"):
-        reward_data.read_jsonl(path, reward_data.PAIR_FIELDS)
+        reward_data.read_rows(path, reward_data.PAIR_FIELDS)
     path.write_text(json.dumps(good) + "\n{not json\n")
-    with pytest.raises(gorilla.MalformedRecordError, match=r"pairs.jsonl:2: not valid JSON"):
-        reward_data.read_jsonl(path, reward_data.PAIR_FIELDS)
+    with pytest.raises(gorilla.MalformedRecordError, match=r"pairs.jsonl:2: invalid JSON"):
+        reward_data.read_rows(path, reward_data.PAIR_FIELDS)
 
 
 # ---------------------------------------------------------------- the stage end to end

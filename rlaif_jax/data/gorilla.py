@@ -24,6 +24,9 @@ import pathlib
 import re
 import warnings
 
+from rlaif_jax.data import jsonl
+from rlaif_jax.data.jsonl import MalformedRecordError
+
 logger = logging.getLogger(__name__)
 
 HUBS = ("huggingface", "torchhub", "tensorflowhub")
@@ -50,16 +53,6 @@ _DICT_RECORD = re.compile(
     r""",\s*['"]Output['"]\s*:(?P<output>.*?)\}?\s*\Z""",  # truncated records lack the "}"
     re.DOTALL)
 _FENCED_CODE = re.compile(r"```[\w+-]*[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
-
-
-class MalformedRecordError(ValueError):
-    """A line of a JSONL file that cannot be used; the message starts with ``path:line:``."""
-
-    def __init__(self, path, lineno: int, reason: str):
-        super().__init__(f"{path}:{lineno}: {reason}")
-        self.path = str(path)
-        self.lineno = lineno
-        self.reason = reason
 
 
 def _check_hub(hub: str) -> None:
@@ -263,22 +256,6 @@ def parse_record(obj: dict, hub: str, *, question_id: int = 0, source: str = "")
     return _parse(obj, hub, question_id, source)[0]
 
 
-def _nonblank_lines(path: pathlib.Path):
-    """(1-based line number, text) of each non-blank line of `path`."""
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                yield lineno, line
-
-
-def _decode_json(line: str):
-    """The JSON value of a line; ValueError with the decoder's reason when it is not JSON."""
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"invalid JSON ({e})") from None
-
-
 def load_apibench(path, hub: str, on_error: str = "raise") -> tuple[list[dict], int]:
     """Parsed records of an APIBench JSONL file, and how many malformed lines were skipped.
 
@@ -291,11 +268,13 @@ def load_apibench(path, hub: str, on_error: str = "raise") -> tuple[list[dict], 
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     path = pathlib.Path(path)
     records, skipped, tolerant = [], 0, 0
-    for lineno, line in _nonblank_lines(path):
+    for lineno, line in jsonl.nonblank_lines(path):
         try:
-            record, used_tolerant = _parse(_decode_json(line), hub, lineno, path.name)
+            record, used_tolerant = _parse(jsonl.decode_line(path, lineno, line), hub, lineno,
+                                           path.name)
         except ValueError as e:
-            error = MalformedRecordError(path, lineno, str(e))
+            error = e if isinstance(e, MalformedRecordError) else MalformedRecordError(
+                path, lineno, str(e))
             if on_error == "raise":
                 raise error from e
             logger.warning("skipping malformed record %s", error)
@@ -310,18 +289,7 @@ def load_apibench(path, hub: str, on_error: str = "raise") -> tuple[list[dict], 
 
 def load_api_db(path) -> list[dict]:
     """The entries of a Gorilla API database (JSONL, one JSON object a line)."""
-    path = pathlib.Path(path)
-    entries = []
-    for lineno, line in _nonblank_lines(path):
-        try:
-            entry = _decode_json(line)
-        except ValueError as e:
-            raise MalformedRecordError(path, lineno, str(e)) from None
-        if not isinstance(entry, dict):
-            raise MalformedRecordError(path, lineno,
-                                       f"expected a JSON object, got {type(entry).__name__}")
-        entries.append(entry)
-    return entries
+    return [entry for _, entry in jsonl.read_jsonl(path)]
 
 
 def format_prompt(instruction: str, template: str = PROMPT_TEMPLATE) -> str:

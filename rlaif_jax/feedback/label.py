@@ -32,7 +32,7 @@ import time
 
 from rlaif_jax import distributed
 from rlaif_jax.data import sft_data
-from rlaif_jax.data.gorilla import MalformedRecordError
+from rlaif_jax.data.jsonl import MalformedRecordError, read_jsonl
 from rlaif_jax.data.splits import build_splits
 from rlaif_jax.evaluation import ast_match
 from rlaif_jax.feedback import labels as labels_lib
@@ -55,23 +55,14 @@ def read_candidates(path: pathlib.Path) -> list[dict]:
         raise FileNotFoundError(f"no candidates at {path}: run `rlaif-jax sample` with this "
                                 "--workdir first (or set config.feedback.candidates)")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MalformedRecordError(path, lineno, f"invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise MalformedRecordError(path, lineno, "not a JSON object")
-            missing = [k for k in ("question_id", "text", "hub") if k not in row]
-            if missing:
-                raise MalformedRecordError(path, lineno, f"missing {', '.join(missing)}")
-            if not isinstance(row["text"], str):
-                raise MalformedRecordError(path, lineno, "'text' is not a string")
-            row["_line"] = lineno
-            rows.append(row)
+    for lineno, row in read_jsonl(path):
+        missing = [k for k in ("question_id", "text", "hub") if k not in row]
+        if missing:
+            raise MalformedRecordError(path, lineno, f"missing {', '.join(missing)}")
+        if not isinstance(row["text"], str):
+            raise MalformedRecordError(path, lineno, "'text' is not a string")
+        row["_line"] = lineno
+        rows.append(row)
     return rows
 
 

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import pathlib
 import zlib
 
 import numpy as np
 
 from rlaif_jax.data import sft_data
-from rlaif_jax.data.gorilla import MalformedRecordError
+from rlaif_jax.data.jsonl import MalformedRecordError, read_jsonl
 
 # Required keys of each file and the types their values must have.
 LABEL_FIELDS = {"question_id": (int, str), "hub": str, "prompt": str, "text": str,
@@ -39,29 +38,20 @@ PAIR_FIELDS = {"question_id": (int, str), "hub": str, "prompt": str, "chosen": s
                "rejected": str}
 
 
-def read_jsonl(path: pathlib.Path, fields: dict) -> list[dict]:
+def read_rows(path: pathlib.Path, fields: dict) -> list[dict]:
     """The rows of a JSON Lines file, each checked for `fields`; errors name ``path:line``."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MalformedRecordError(path, lineno, f"not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise MalformedRecordError(path, lineno, "not a JSON object")
-            for key, types in fields.items():
-                if key not in row:
-                    raise MalformedRecordError(path, lineno, f"missing key {key!r}")
-                # bool is an int subclass: a question_id of `true` is still wrong.
-                if not isinstance(row[key], types) or (types is not bool
-                                                       and isinstance(row[key], bool)):
-                    raise MalformedRecordError(
-                        path, lineno, f"{key!r} is {type(row[key]).__name__}, expected "
-                        f"{types.__name__ if isinstance(types, type) else 'int or str'}")
-            rows.append(row)
+    for lineno, row in read_jsonl(path):
+        for key, types in fields.items():
+            if key not in row:
+                raise MalformedRecordError(path, lineno, f"missing key {key!r}")
+            # bool is an int subclass: a question_id of `true` is still wrong.
+            if not isinstance(row[key], types) or (types is not bool
+                                                   and isinstance(row[key], bool)):
+                raise MalformedRecordError(
+                    path, lineno, f"{key!r} is {type(row[key]).__name__}, expected "
+                    f"{types.__name__ if isinstance(types, type) else 'int or str'}")
+        rows.append(row)
     return rows
 
 
@@ -86,8 +76,8 @@ def load_feedback(workdir: pathlib.Path, loss: str) -> tuple[list[dict], list[di
     _require(paths["labels"], "the judged candidates")
     if loss == "pairwise":
         _require(paths["pairs"], "the preference pairs of the pairwise loss")
-    labels = read_jsonl(paths["labels"], LABEL_FIELDS)
-    pairs = read_jsonl(paths["pairs"], PAIR_FIELDS) if paths["pairs"].is_file() else None
+    labels = read_rows(paths["labels"], LABEL_FIELDS)
+    pairs = read_rows(paths["pairs"], PAIR_FIELDS) if paths["pairs"].is_file() else None
     return labels, pairs
 
 
