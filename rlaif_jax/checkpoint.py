@@ -98,3 +98,19 @@ class StopRequested:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         return False
+
+    def save_and_exit(self, ckpts: StageCheckpoints, save, done: int, saved: bool,
+                      unit: str = "step", close=()) -> None:
+        """Call after each step: nothing unless a stop was requested; then saves step `done`
+        with `save(done)` (unless `saved`: the loop just did), waits for the save, closes
+        `close` (progress bar, metric writer), logs how to resume and raises
+        SystemExit(128 + signal number), the exit status of a process killed by that signal."""
+        if self.requested is None:
+            return
+        if not saved:
+            save(done)
+        ckpts.wait()
+        for thing in close:
+            thing.close()
+        logging.warning("Stopped at %s %d; rerun the same command to resume.", unit, done)
+        raise SystemExit(128 + self.requested)

@@ -369,17 +369,10 @@ def train(config, workdir: pathlib.Path, reward_source: RewardSource | None = No
                 writer.write(done, row)
                 bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.2f}")
                 pending = []
-            if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+            saved = done % cfg.checkpoint_every == 0 or done == cfg.iterations
+            if saved:
                 save(done)
-            if stop.requested:
-                if done % cfg.checkpoint_every and done != cfg.iterations:
-                    save(done)
-                ckpts.wait()
-                bar.close()
-                writer.close()
-                logging.warning("Stopped at iteration %d; rerun the same command to resume.",
-                                done)
-                raise SystemExit(128 + stop.requested)
+            stop.save_and_exit(ckpts, save, done, saved, unit="iteration", close=(bar, writer))
     bar.close()
     ckpts.wait()
     ckpts.close()

@@ -277,16 +277,10 @@ def train(config, workdir: pathlib.Path) -> dict:
                 writer.write(done, val)
                 bar.write(f"step {done}: held-out pairwise accuracy "
                           f"{val['val_pairwise_accuracy']:.3f}, AUC {val['val_auc']:.3f}")
-            if done % config.checkpoint.every_steps == 0 or done == rc.steps:
+            saved = done % config.checkpoint.every_steps == 0 or done == rc.steps
+            if saved:
                 save(done)
-            if stop.requested:
-                if done % config.checkpoint.every_steps and done != rc.steps:
-                    save(done)
-                ckpts.wait()
-                bar.close()
-                writer.close()
-                logging.warning("Stopped at step %d; rerun the same command to resume.", done)
-                raise SystemExit(128 + stop.requested)
+            stop.save_and_exit(ckpts, save, done, saved, close=(bar, writer))
     bar.close()
     ckpts.wait()
     ckpts.close()

@@ -216,16 +216,10 @@ def train(config, workdir: pathlib.Path) -> dict:
                                     config.sft.eval_batch_size, config.data.length_bucket, mesh)
                 writer.write(done, {"val_loss": val_loss})
                 bar.write(f"step {done}: val_loss {val_loss:.4f} (unigram {unigram:.4f})")
-            if done % config.checkpoint.every_steps == 0 or done == steps:
+            saved = done % config.checkpoint.every_steps == 0 or done == steps
+            if saved:
                 save(done)
-            if stop.requested:
-                if done % config.checkpoint.every_steps and done != steps:
-                    save(done)
-                ckpts.wait()
-                bar.close()
-                writer.close()
-                logging.warning("Stopped at step %d; rerun the same command to resume.", done)
-                raise SystemExit(128 + stop.requested)
+            stop.save_and_exit(ckpts, save, done, saved, close=(bar, writer))
     bar.close()
     ckpts.wait()
     ckpts.close()
