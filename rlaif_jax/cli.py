@@ -73,10 +73,12 @@ def _eval(config, workdir):
 
 
 def _label(config, workdir):
+    from rlaif_jax.data.jsonl import MalformedRecordError
     from rlaif_jax.feedback import label
+    from rlaif_jax.feedback.openai_judge import JudgeError
     try:
         summary = label.run(config, workdir)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:  # incl. the judge's JudgeError
+    except (JudgeError, MalformedRecordError, FileNotFoundError) as e:  # anything else: a bug
         logging.error("label failed: %s", e)
         sys.exit(f"rlaif-jax label: {e}\n(answers received so far are cached; rerun to resume)")
     from rlaif_jax import distributed

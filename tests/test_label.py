@@ -204,3 +204,13 @@ def test_reference_judge_reads_the_code_not_only_the_api_call_line():
         assert bad_a["answers"][q] == "no", bad_a
     assert (labels_lib.hard_score(bad_a["answers"])
             <= labels_lib.hard_score(good_a["answers"]) - 3)
+
+
+def test_cli_label_names_a_bad_candidates_line_without_a_traceback(tmp_path):
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"question_id": 1, "hub": "torchhub", "text": "t"}) + "\n{x\n")
+    proc = cli("label", SMOKE, f"--config.feedback.candidates={samples}", "--workdir",
+               tmp_path / "w", check=False)
+    assert proc.returncode == 1
+    assert f"rlaif-jax label: {samples}:2: invalid JSON" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -182,8 +182,9 @@ def _run(config, workdir: pathlib.Path) -> dict:
         answers = [cache.get(key) for key in keys]
     missing = sum(a is None for a in answers)
     if missing:
-        raise RuntimeError(f"{missing} answers are missing from the cache after judging; "
-                           "rerun to ask again")
+        from rlaif_jax.feedback.openai_judge import JudgeError
+        raise JudgeError(f"{missing} answers are missing from the cache after judging; rerun to "
+                         "ask again", "missing_answers")
 
     rows = [labels_lib.label_row(c, p, a, fc.threshold, judge.name, rubric.name)
             for c, p, a in zip(candidates, prompts, answers)]
