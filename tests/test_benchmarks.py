@@ -1,0 +1,101 @@
+"""Benchmarks: the report renderer on synthetic result files, and a real --quick generation run."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import run_all  # noqa: E402
+
+MACHINE = {"cpu": "Test CPU", "cores": 2, "cpu_flags": ["avx2"], "platform": "Linux-test",
+           "python": "3.11.0", "date": "2026-01-01 00:00 UTC", "load_average_1min": 0.1}
+
+
+def _write(directory, name, **fields):
+    record = {"benchmark": name, "title": f"{name} title", "machine": MACHINE,
+              "versions": {"jax": "0.10.2", "torch": "2.13.0"}, "quick": False, "tables": [],
+              "headline": {}, "targets": [], "notes": [], **fields}
+    (directory / f"{name}.json").write_text(json.dumps(record))
+
+
+def test_render_tables_targets_and_failures(tmp_path):
+    _write(tmp_path, "generate",
+           tables=[{"title": "speed", "columns": ["batch", "ratio"], "rows": [[8, 3.4567], [32, "a|b"]]}],
+           headline={"b8_ratio": 3.46},
+           targets=[{"name": "gen b8", "value": 3.46, "target": 3.0, "met": True}],
+           notes=["bounded by x|y"])
+    _write(tmp_path, "sandbox", quick=True,
+           targets=[{"name": "exec/s", "value": 12.0, "target": 20.0, "met": False}])
+    (tmp_path / "train.json").write_text(json.dumps(run_all.failure_record(
+        "train", "exit status 1\nTraceback ...\nValueError: boom", ["python", "bench_train.py"])))
+    (tmp_path / "extra.json").write_text("{not json")
+    report = tmp_path / "results.md"
+    run_all.write_report(tmp_path, report, expected=["generate", "sandbox", "train", "ppo"])
+    md = report.read_text()
+
+    assert "Test CPU, 2 cores (avx2)" in md
+    assert "| jax | 0.10.2 | 0.10.2 |" in md  # versions of the two successful benchmarks
+    assert "| batch | ratio |" in md and "| 8 | 3.46 |" in md and "| 32 | a\\|b |" in md
+    assert "| `generate` | gen b8 | 3.46 | 3 | yes |" in md
+    assert "| `sandbox` | exec/s (quick) | 12 | 20 | **no** |" in md
+    assert "not headline numbers" in md  # the quick run is flagged in its section
+    assert "- bounded by x|y" in md
+    # The failed, missing and unreadable benchmarks are shown, not dropped.
+    assert "| `train` | benchmark failed |" in md and "ValueError: boom" in md
+    assert "| `ppo` | benchmark failed |" in md and "no results/ppo.json" in md
+    assert "| `extra` | benchmark failed |" in md and "unreadable result file extra.json" in md
+    # Expected order first, then the others.
+    sections = [line for line in md.splitlines() if line.startswith("## ") and "`" in line]
+    assert [s.split("`")[1] for s in sections] == ["generate", "sandbox", "train", "ppo", "extra"]
+
+
+def test_render_with_no_results(tmp_path):
+    md = run_all.render(run_all.load_results(tmp_path, ["generate"]))
+    assert "No benchmark has succeeded yet." in md and "| `generate` | benchmark failed |" in md
+
+
+def test_run_one_records_a_failing_script(tmp_path, monkeypatch):
+    bench_dir = tmp_path / "bench"
+    bench_dir.mkdir()
+    (bench_dir / "bench_broken.py").write_text("import sys\nprint('about to fail')\nsys.exit(3)\n")
+    monkeypatch.setattr(run_all, "HERE", bench_dir)
+    assert run_all.discover(bench_dir) == ["broken"]
+    assert not run_all.run_one("broken", quick=True, timeout=60, results=tmp_path)
+    record = json.loads((tmp_path / "broken.json").read_text())
+    assert record["failed"] and record["error"].startswith("exit status 3")
+    assert "about to fail" in record["error"] and "--quick" in record["command"]
+    assert "about to fail" in (tmp_path / "broken.log").read_text()
+
+
+def test_quick_generation_benchmark(tmp_path):
+    """A real --quick run: tiny GPT-2, ours vs transformers, both must produce every token."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_generate.py"), "--quick",
+                           "--results-dir", str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "generate.json").read_text())
+    for key in ("benchmark", "title", "machine", "versions", "quick", "tables", "headline",
+                "targets", "notes"):
+        assert key in result, key
+    assert result["benchmark"] == "generate" and result["quick"] is True
+    assert result["machine"]["cores"] == os.cpu_count() and result["versions"]["torch"]
+    (table,) = result["tables"]
+    columns = table["columns"]
+    rows = [dict(zip(columns, row)) for row in table["rows"]]
+    assert all(len(row) == len(columns) for row in table["rows"])
+    assert [(r["batch"], r["decoding"].split()[0]) for r in rows] == [(8, "greedy"), (8, "sample")]
+    for r in rows:
+        assert r["new tokens (ours / transformers)"] == "16 / 16"
+        assert r["ours tok/s"] > 0 and r["transformers tok/s"] > 0
+        assert r["ratio"] == pytest.approx(r["ours tok/s"] / r["transformers tok/s"], rel=0.05)
+    (target,) = result["targets"]
+    assert target["target"] == 3.0 and target["met"] == (target["value"] >= 3.0)
+    assert set(result["headline"]) == {"tiny_b8_greedy_ratio", "tiny_b8_sample_ratio"}
