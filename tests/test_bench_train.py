@@ -1,0 +1,95 @@
+"""benchmarks/bench_train.py: the model-FLOPs formula against a hand count and XLA's own count,
+and one real --quick run (both sides train the same tokens, losses agree, the result schema)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_train  # noqa: E402
+
+from rlaif_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel  # noqa: E402
+
+
+def hand_count(L, D, V, T):
+    """Training FLOPs per token, matmul by matmul: (in, out) multiply-adds per token, forward."""
+    per_layer = [(D, 3 * D),   # c_attn
+                 (D, D),       # attn c_proj
+                 (D, 4 * D),   # mlp c_fc
+                 (4 * D, D),   # mlp c_proj
+                 (T, D),       # q . k over T keys, all heads
+                 (T, D)]       # probs . v
+    macs = L * sum(a * b for a, b in per_layer) + D * V  # + tied LM head
+    return 3 * 2 * macs  # multiply-add = 2 FLOPs; backward = 2x forward
+
+
+def test_flops_per_token_matches_hand_count_for_tiny():
+    # configs/tiny.py: 4 layers, 128 wide, vocab 4096, 512 positions.
+    assert bench_train.train_flops_per_token(4, 128, 4096, 512) == hand_count(4, 128, 4096, 512)
+    assert hand_count(4, 128, 4096, 512) == 6 * (786_432 + 524_288) + 3_145_728
+
+
+def test_forward_flops_close_to_xla_cost_analysis():
+    """A third of the formula (the forward) is the dots XLA counts, give or take the
+    elementwise work the formula leaves out."""
+    L, D, V, T, B = 2, 64, 512, 32, 2
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_positions=T, n_embd=D, n_layer=L,
+                                       n_head=4))
+    ids = jnp.zeros((B, T), jnp.int32)
+    params = model.init(jax.random.PRNGKey(0), ids)["params"]
+    cost = jax.jit(lambda p: model.apply({"params": p}, ids).logits).lower(params).compile()
+    analysis = cost.cost_analysis()
+    xla = (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
+    ours = bench_train.train_flops_per_token(L, D, V, T) * B * T / 3
+    assert ours <= xla <= 1.15 * ours, (ours, xla)
+
+
+@pytest.fixture(scope="module")
+def quick_result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_train")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--quick", "--repeats", "2",
+         "--no-xla-variants", "--results-dir", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "train.json").read_text())
+
+
+def test_quick_run_schema(quick_result):
+    r = quick_result
+    assert r["benchmark"] == "train" and r["quick"] is True
+    for key in ("title", "machine", "versions", "tables", "headline", "targets", "notes"):
+        assert key in r, key
+    for table in r["tables"]:
+        assert table["rows"], table["title"]
+        assert all(len(row) == len(table["columns"]) for row in table["rows"]), table["title"]
+    names = {t["name"] for t in r["targets"]}
+    assert any("vs PyTorch" in n for n in names) and any("MFU" in n for n in names)
+    for t in r["targets"]:
+        assert t["met"] == (t["value"] >= t["target"])
+    assert all(isinstance(n, str) for n in r["notes"])
+
+
+def test_quick_run_both_sides_train_the_same_tokens(quick_result):
+    steps = quick_result["raw"]["steps"]
+    pairs = {}
+    for row in steps:
+        pairs.setdefault((row["shape"], row["dtype"], row["batch"], row["seq"]), {})[row["side"]] = row
+    compared = [p for p in pairs.values() if len(p) == 2]
+    assert compared, "no configuration ran on both sides"
+    for p in compared:
+        jx, pt = p["rlaif_jax"], p["pytorch"]
+        assert jx["tokens_per_step"] == pt["tokens_per_step"] == jx["batch"] * jx["seq"]
+        assert jx["steps"] == pt["steps"] == len(jx["losses"]) == len(pt["losses"])
+        # Same weights, batch and update: the same losses, step by step (bf16 looser).
+        tol = 1e-3 if jx["dtype"] == "float32" else 5e-2
+        assert max(abs(a - b) for a, b in zip(jx["losses"], pt["losses"])) < tol
+    # The warmup's first learning rate is 0; the third step's loss shows an update happened.
+    fp32 = [p["rlaif_jax"] for p in compared if p["rlaif_jax"]["dtype"] == "float32"]
+    assert fp32 and all(r["steps"] >= 3 and r["losses"][-1] < r["losses"][0] for r in fp32)
