@@ -17,8 +17,9 @@ The prompts are the same left-padded token ids on both sides (lengths between ha
 ``--prompt-len``). Every decode step runs on both sides: EOS is an id outside the vocabulary
 (ours) / ``eos_token_id=None`` (transformers), and after each call the script checks that every
 row got exactly ``--new-tokens`` new tokens. Decoding: greedy at every batch size, and sampling at
-temperature 0.7 (no top-k; top-p ``--top-p``, default none, on both sides) at ``--sample-batches``. Each (side, batch,
-decoding) is warmed up by one call, then timed over ``--repeats`` calls; the tables give medians.
+temperature 0.7 (no top-k; top-p ``--top-p``, default none, on both sides) at ``--sample-batches``.
+Each (side, batch, decoding) is warmed up (ours: by the first call, which compiles; transformers:
+by a generate of 8 tokens), then timed over ``--repeats`` calls; the tables give medians.
 tok/s counts new tokens over all rows (``batch * new_tokens / median time``); ms/step is the
 median time over ``new_tokens`` (the prefill amortised in). ``greedy same`` is the share of greedy
 tokens identical on both sides (a sanity check that both ran the same model; float32 rounding can
@@ -111,7 +112,10 @@ def run_hf(hf, ids, mask, n_new: int, greedy: bool, top_p: float, repeats: int):
             out["seq"] = hf.generate(input_ids=ids_t, attention_mask=mask_t, max_new_tokens=n_new,
                                      eos_token_id=None, pad_token_id=PAD, **kwargs)
 
-    timing = median_time(call, repeats=repeats, warmup=1)
+    with torch.inference_mode():  # warm-up: a short call (oneDNN primitives, allocator, caches)
+        hf.generate(input_ids=ids_t, attention_mask=mask_t, max_new_tokens=min(n_new, 8),
+                    eos_token_id=None, pad_token_id=PAD, **kwargs)
+    timing = median_time(call, repeats=repeats, warmup=0)
     new = out["seq"][:, ids.shape[1]:].numpy()
     if new.shape != (ids.shape[0], n_new):
         raise RuntimeError(f"transformers generated {new.shape[1]} tokens, expected {n_new}")
@@ -125,6 +129,9 @@ def bench_size(size: str, batches, sample_batches, prompt_len: int, n_new: int, 
     cfg = model.config
     title = (f"{size}: GPT-2 {cfg.n_layer} layers x {cfg.n_embd}, vocab {cfg.vocab_size}, "
              f"{count_params(params) / 1e6:.1f}M params; prompt {prompt_len}, {n_new} new tokens")
+    # Matmul parameters (the four matrices of each block + the tied LM head): 2 FLOPs each per
+    # generated token, and 4 bytes each read per decode step (attention over ~100 keys adds ~2%).
+    matmul_params = 12 * cfg.n_layer * cfg.n_embd ** 2 + cfg.vocab_size * cfg.n_embd
     rows, ratios = [], {}
     for batch in batches:
         ids, mask = prompts(batch, prompt_len, cfg.vocab_size, seed=batch)
@@ -140,12 +147,16 @@ def bench_size(size: str, batches, sample_batches, prompt_len: int, n_new: int, 
             rows.append([batch, decoding, round(ours_tps, 1), round(hf_tps, 1),
                          round(ours_tps / hf_tps, 2), round(1e3 * ours["median_s"] / n_new, 2),
                          round(1e3 * theirs["median_s"] / n_new, 2), round(compile_s, 1),
+                         round(2 * matmul_params * ours_tps / 1e9, 1),
+                         round(2 * matmul_params * hf_tps / 1e9, 1),
+                         round(4 * matmul_params * n_new / ours["median_s"] / 1e9, 1),
                          f"{our_tokens.shape[1]} / {hf_tokens.shape[1]}", same])
             print(f"[{size}] batch {batch} {decoding}: ours {ours_tps:.0f} tok/s, transformers "
                   f"{hf_tps:.0f} tok/s, ratio {ours_tps / hf_tps:.2f}", flush=True)
     table = {"title": title,
              "columns": ["batch", "decoding", "ours tok/s", "transformers tok/s", "ratio",
                          "ours ms/step", "transformers ms/step", "ours compile s",
+                         "ours GFLOP/s", "transformers GFLOP/s", "ours weights GB/s",
                          "new tokens (ours / transformers)", "greedy same"],
              "rows": rows}
     return table, ratios
@@ -177,6 +188,7 @@ def main(argv=None):
     common.RESULTS = args.results_dir
 
     torch.set_num_threads(args.torch_threads)
+    load_at_start = os.getloadavg()[0]
     tables, headline, targets = [], {}, []
     for size in args.sizes:
         table, ratios = bench_size(size, args.batches, args.sample_batches, args.prompt_len,
@@ -191,13 +203,24 @@ def main(argv=None):
                             "met": value >= TARGET_RATIO})
     notes = [
         f"Both sides float32 on the CPU; torch.set_num_threads({torch.get_num_threads()}) "
-        f"(os.cpu_count() = {os.cpu_count()}), generate under torch.inference_mode() with its default dynamic KV "
-        f"cache; JAX on {jax.device_count()} {jax.devices()[0].platform} device(s), one used.",
+        f"(os.cpu_count() = {os.cpu_count()}), generate under torch.inference_mode() with its "
+        f"default dynamic KV cache; JAX on {jax.device_count()} {jax.devices()[0].platform} "
+        "device(s), one used.",
         "Same weights (saved by transformers, imported by rlaif_jax.models.hf_import), same "
         "left-padded prompts; EOS unreachable on both sides, every row checked to get all new tokens.",
-        f"Medians of {args.repeats} timed calls after one warm-up call; ours compiles once per "
-        "batch size and decoding (compile time given apart, not in tok/s).",
+        f"Medians of {args.repeats} timed calls after a warm-up (ours: the first call, which "
+        "compiles, once per batch size and decoding; the compile is given apart, not in tok/s; "
+        "transformers: a generate of 8 tokens).",
+        "GFLOP/s = 2 x matmul parameters (12 L D^2 + V D) per generated token; weights GB/s = "
+        "4 bytes x matmul parameters read per decode step: high GB/s at batch 1 means the step "
+        "streams the weights (memory-bound); GFLOP/s at batch 32 against the machine's matmul "
+        "rate shows how matmul-bound it is; ms/step that hardly changes with batch at the tiny "
+        "size is per-step overhead.",
     ]
+    if load_at_start > 0.5 * os.cpu_count():
+        notes.append(f"The machine was busy (1-min load average {load_at_start:.1f} at the start on "
+                     f"{os.cpu_count()} cores): torch's OpenMP threads slow down far more than XLA's "
+                     "under contention, so these ratios overstate ours; rerun on an idle machine.")
     path = write_result("generate", {
         "title": "Generation: compiled KV-cache sampler vs transformers generate",
         "quick": args.quick, "tables": tables, "headline": headline, "targets": targets,
