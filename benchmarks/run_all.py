@@ -107,7 +107,7 @@ def load_results(results: pathlib.Path, expected: list[str]) -> list[dict]:
         records[path.stem] = record
     for name in expected:
         if name not in records:
-            records[name] = {"benchmark": name, "failed": True,
+            records[name] = {"benchmark": name, "failed": True, "missing": True,
                              "error": f"no results/{name}.json: not run yet, or it crashed "
                                       f"before run_all could record it"}
     order = {name: i for i, name in enumerate(expected)}
@@ -171,7 +171,8 @@ def render(records: list[dict]) -> str:
     rows = []
     for r in records:
         if r.get("failed"):
-            rows.append([f"`{r['benchmark']}`", "benchmark failed", "-", "-", "**no**"])
+            status = "no result (not run?)" if r.get("missing") else "benchmark failed"
+            rows.append([f"`{r['benchmark']}`", status, "-", "-", "**no**"])
         for t in r.get("targets") or []:
             quick = " (quick)" if r.get("quick") else ""
             rows.append([f"`{r['benchmark']}`", t["name"] + quick, t["value"], t["target"],
@@ -181,7 +182,7 @@ def render(records: list[dict]) -> str:
     for r in records:
         lines += [f"## {_title(r)}", ""]
         if r.get("failed"):
-            lines += ["**FAILED**" + (f" (`{r['command']}`)" if r.get("command") else ""), "",
+            lines += [("**NO RESULT**" if r.get("missing") else "**FAILED**") + (f" (`{r['command']}`)" if r.get("command") else ""), "",
                       "```", str(r.get("error", "no error recorded")).rstrip(), "```", ""]
             continue
         lines += [_when(r), ""]

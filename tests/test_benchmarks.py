@@ -48,7 +48,7 @@ def test_render_tables_targets_and_failures(tmp_path):
     assert "- bounded by x|y" in md
     # The failed, missing and unreadable benchmarks are shown, not dropped.
     assert "| `train` | benchmark failed |" in md and "ValueError: boom" in md
-    assert "| `ppo` | benchmark failed |" in md and "no results/ppo.json" in md
+    assert "| `ppo` | no result (not run?) |" in md and "no results/ppo.json" in md
     assert "| `extra` | benchmark failed |" in md and "unreadable result file extra.json" in md
     # Expected order first, then the others.
     sections = [line for line in md.splitlines() if line.startswith("## ") and "`" in line]
@@ -57,7 +57,7 @@ def test_render_tables_targets_and_failures(tmp_path):
 
 def test_render_with_no_results(tmp_path):
     md = run_all.render(run_all.load_results(tmp_path, ["generate"]))
-    assert "No benchmark has succeeded yet." in md and "| `generate` | benchmark failed |" in md
+    assert "No benchmark has succeeded yet." in md and "| `generate` | no result" in md
 
 
 def test_run_one_records_a_failing_script(tmp_path, monkeypatch):
