@@ -73,6 +73,17 @@ def test_run_one_records_a_failing_script(tmp_path, monkeypatch):
     assert "about to fail" in (tmp_path / "broken.log").read_text()
 
 
+def test_run_one_kills_a_script_that_times_out(tmp_path, monkeypatch):
+    bench_dir = tmp_path / "bench"
+    bench_dir.mkdir()
+    (bench_dir / "bench_slow.py").write_text("import time\nprint('started', flush=True)\n"
+                                             "time.sleep(60)\n")
+    monkeypatch.setattr(run_all, "HERE", bench_dir)
+    assert not run_all.run_one("slow", quick=False, timeout=2, results=tmp_path)
+    record = json.loads((tmp_path / "slow.json").read_text())
+    assert record["error"].startswith("timed out after 2 s") and "started" in record["error"]
+
+
 def test_quick_generation_benchmark(tmp_path):
     """A real --quick run: tiny GPT-2, ours vs transformers, both must produce every token."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
