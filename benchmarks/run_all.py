@@ -92,6 +92,24 @@ def run_one(name: str, quick: bool, timeout: float, results: pathlib.Path = RESU
 # Rendering
 # --------------------------------------------------------------------------------------------
 
+def schema_errors(record: dict) -> list[str]:
+    """What keeps a (non-failure) result record from being rendered; [] if nothing."""
+    errors = []
+    for i, table in enumerate(record.get("tables") or []):
+        if not (isinstance(table, dict) and isinstance(table.get("columns"), list)
+                and isinstance(table.get("rows"), list)
+                and all(isinstance(row, list) for row in table["rows"])):
+            errors.append(f"tables[{i}] needs a 'columns' list and a 'rows' list of lists")
+    for i, target in enumerate(record.get("targets") or []):
+        if not (isinstance(target, dict) and {"name", "value", "target", "met"} <= set(target)):
+            errors.append(f"targets[{i}] needs name, value, target and met")
+    if not isinstance(record.get("headline") or {}, dict):
+        errors.append("headline must be an object")
+    if not isinstance(record.get("notes") or [], list):
+        errors.append("notes must be a list")
+    return errors
+
+
 def load_results(results: pathlib.Path, expected: list[str]) -> list[dict]:
     """Every ``*.json`` in `results` (unreadable ones as failures), plus a 'missing' failure for
     each expected benchmark without a file; ordered like `expected`, then by name."""
@@ -101,6 +119,9 @@ def load_results(results: pathlib.Path, expected: list[str]) -> list[dict]:
             record = json.loads(path.read_text())
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
+            errors = [] if record.get("failed") else schema_errors(record)
+            if errors:
+                raise ValueError("; ".join(errors))
         except ValueError as e:
             record = {"failed": True, "error": f"unreadable result file {path.name}: {e}"}
         record.setdefault("benchmark", path.stem)
@@ -182,7 +203,8 @@ def render(records: list[dict]) -> str:
     for r in records:
         lines += [f"## {_title(r)}", ""]
         if r.get("failed"):
-            lines += [("**NO RESULT**" if r.get("missing") else "**FAILED**") + (f" (`{r['command']}`)" if r.get("command") else ""), "",
+            command = f" (`{r['command']}`)" if r.get("command") else ""
+            lines += [("**NO RESULT**" if r.get("missing") else "**FAILED**") + command, "",
                       "```", str(r.get("error", "no error recorded")).rstrip(), "```", ""]
             continue
         lines += [_when(r), ""]

@@ -35,6 +35,7 @@ def test_render_tables_targets_and_failures(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps(run_all.failure_record(
         "train", "exit status 1\nTraceback ...\nValueError: boom", ["python", "bench_train.py"])))
     (tmp_path / "extra.json").write_text("{not json")
+    _write(tmp_path, "odd", tables=[{"title": "no columns", "rows": []}])
     report = tmp_path / "results.md"
     run_all.write_report(tmp_path, report, expected=["generate", "sandbox", "train", "ppo"])
     md = report.read_text()
@@ -50,9 +51,11 @@ def test_render_tables_targets_and_failures(tmp_path):
     assert "| `train` | benchmark failed |" in md and "ValueError: boom" in md
     assert "| `ppo` | no result (not run?) |" in md and "no results/ppo.json" in md
     assert "| `extra` | benchmark failed |" in md and "unreadable result file extra.json" in md
+    assert "| `odd` | benchmark failed |" in md and "tables[0] needs a 'columns' list" in md
     # Expected order first, then the others.
     sections = [line for line in md.splitlines() if line.startswith("## ") and "`" in line]
-    assert [s.split("`")[1] for s in sections] == ["generate", "sandbox", "train", "ppo", "extra"]
+    assert [s.split("`")[1] for s in sections] == ["generate", "sandbox", "train", "ppo", "extra",
+                                                      "odd"]
 
 
 def test_render_with_no_results(tmp_path):
