@@ -227,18 +227,30 @@ def trl_status() -> str | None:
 
 class _TrlClock:
     """Per-iteration times of a PPOTrainer run: iteration ends at `on_step_end`; the rollout ends
-    at the first forward pass with gradients; generation is the `batch_generation` call."""
+    at the first forward pass with gradients; generation is the `batch_generation` call; `gc_s`
+    the `gc.collect()` calls the trainer makes (one in the rollout, one after each step)."""
 
     def __init__(self):
         self.iterations: list[dict] = []
         self._start = self._rollout_end = None
-        self._gen_s = 0.0
+        self._gen_s = self._gc_s = 0.0
         self._width = None
 
     def wrap(self, module) -> None:
+        import gc
+        import types
+
         import torch
 
         generate, forward = module.batch_generation, module.forward
+
+        def timed_collect(*args):
+            t0 = time.perf_counter()
+            out = gc.collect(*args)
+            self._gc_s += time.perf_counter() - t0
+            return out
+
+        module.gc = types.SimpleNamespace(collect=timed_collect)
 
         def timed_generation(model, queries, *args, **kwargs):
             t0 = time.perf_counter()
@@ -262,8 +274,8 @@ class _TrlClock:
         end = self._rollout_end or now
         self.iterations.append({"total_s": now - self._start, "rollout_s": end - self._start,
                                 "update_s": now - end, "generate_s": self._gen_s,
-                                "response_width": self._width})
-        self._start, self._rollout_end, self._gen_s = now, None, 0.0
+                                "gc_s": self._gc_s, "response_width": self._width})
+        self._start, self._rollout_end, self._gen_s, self._gc_s = now, None, 0.0, 0.0
 
 
 def run_trl(spec: Spec, paths: dict, prompts, outdir: pathlib.Path) -> dict:
@@ -371,9 +383,36 @@ def side_stats(result: dict) -> dict:
     stats["first_s"] = first["total_s"]
     stats["times_s"] = [round(it["total_s"], 3) for it in timed]
     stats["widths"] = sorted({it["response_width"] for it in result["iterations"]})
-    if "generate_s" in first:
-        stats["generate_s"] = statistics.median(it["generate_s"] for it in timed)
+    for key in ("generate_s", "gc_s"):
+        if key in first:
+            stats[key] = statistics.median(it[key] for it in timed)
     return stats
+
+
+def iteration_flops(spec: Spec, side: str) -> float:
+    """Matmul FLOPs of one iteration (2 per multiply-add), from the shapes and each side's passes.
+
+    Per token: an LM forward is 2 (12 L d^2 + d V) + attention 4 L d T (T = the sequence
+    length: full-sequence passes compute every causal score, masked or not); a trunk (reward
+    model, critic) drops the d V head. Rollout: sampling (prefill + R steps of the policy, KV
+    cache) then scoring: ours runs policy, reference, critic and reward model over all P + R
+    positions; TRL reuses the sampler's logits (reference, value, reward only). Update: epochs
+    x (policy + critic) x 3 (forward + backward).
+    """
+    d, n_layer, v = SIZES[spec.size]["n_embd"], SIZES[spec.size]["n_layer"], VOCAB
+    seq = spec.prompt_len + spec.response_len
+
+    def per_token(head: bool, context: float) -> float:
+        return 2 * (12 * n_layer * d * d + (d * v if head else 0)) + 4 * n_layer * d * context
+
+    lm, trunk = per_token(True, seq), per_token(False, seq)
+    rows = spec.batch
+    sampling = rows * (spec.prompt_len * per_token(False, spec.prompt_len)
+                       + spec.response_len * per_token(True, spec.prompt_len
+                                                       + spec.response_len / 2))
+    scoring = rows * seq * ((2 * lm if side == "ours" else lm) + 2 * trunk)
+    update = spec.epochs * rows * seq * 3 * (lm + trunk)
+    return sampling + scoring + update
 
 
 def compare(spec: Spec, ours: dict, trl: dict | None) -> dict:
@@ -381,18 +420,20 @@ def compare(spec: Spec, ours: dict, trl: dict | None) -> dict:
     o = side_stats(ours)
     tokens = spec.batch * spec.response_len
 
-    def row(name, s, params):
+    def row(name, s, params, side):
         return [spec.size, f"{params:,}", name, round(s["total_s"], 3), round(s["rollout_s"], 3),
                 round(s["update_s"], 3), round(s["first_s"], 2),
-                round(tokens / s["total_s"], 1), "/".join(map(str, s["widths"]))]
+                round(tokens / s["total_s"], 1),
+                round(iteration_flops(spec, side) / s["total_s"] / 1e9, 1),
+                "/".join(map(str, s["widths"]))]
 
-    rows = [row("rlaif_jax", o, ours["params"])]
+    rows = [row("rlaif_jax", o, ours["params"], "ours")]
     out = {"ours": o, "rows": rows, "ratio": None}
     if trl is None:
-        rows.append([spec.size, "", f"TRL {TRL_VERSION}: not installed"] + [""] * 6)
+        rows.append([spec.size, "", f"TRL {TRL_VERSION}: not installed"] + [""] * 7)
         return out
     t = side_stats(trl)
-    rows.append(row(f"TRL {trl['version']}", t, trl["params"]))
+    rows.append(row(f"TRL {trl['version']}", t, trl["params"], "trl"))
     out.update(trl=t, ratio=t["total_s"] / o["total_s"])
     return out
 
@@ -410,8 +451,16 @@ def notes_for(spec: Spec, cmp: dict, cached: bool) -> list[str]:
         notes.append(
             f"{spec.size}: TRL {t['generate_s'] / t['total_s']:.0%} generation, "
             f"{(t['rollout_s'] - t['generate_s']) / t['total_s']:.0%} scoring, "
-            f"{t['update_s'] / t['total_s']:.0%} update; by phase TRL / ours = rollout "
+            f"{t['update_s'] / t['total_s']:.0%} update (its gc.collect() calls: "
+            f"{t['gc_s'] / t['total_s']:.0%}); by phase TRL / ours = rollout "
             f"{t['rollout_s'] / o['rollout_s']:.2f}x, update {t['update_s'] / o['update_s']:.2f}x.")
+    flops = {side: iteration_flops(spec, side) for side in ("ours", "trl")}
+    notes.append(
+        f"{spec.size}: {flops['ours'] / 1e9:.1f} GFLOP per iteration on our side, "
+        f"{flops['trl'] / 1e9:.1f} on TRL's (matmuls, see iteration_flops); "
+        f"{3 * spec.epochs * spec.batch * (spec.prompt_len + spec.response_len):,} token-passes "
+        "of policy + critic in the update. The ratio is (our GFLOP/s / TRL's) x (TRL's FLOPs / "
+        "ours): past the per-step overheads, both sides spend their time in the same matmuls.")
     return notes
 
 
@@ -533,7 +582,7 @@ def build_result(runs: list[tuple[Spec, dict, dict | None]], *, quick: bool, com
             "these ratios do not stand for an idle machine.")
     table = {"title": "Seconds per PPO iteration (median after the first)",
              "columns": ["size", "policy params", "side", "s / iter", "rollout s", "update s",
-                         "first iter s", "tok/s", "response width"], "rows": rows}
+                         "first iter s", "tok/s", "GFLOP/s", "response width"], "rows": rows}
     times = {"title": "Every iteration, first included (s)",
              "columns": ["size", "side", "seconds per iteration"], "rows": times_rows}
     return {"title": "PPO iteration: rlaif_jax vs TRL PPOTrainer", "quick": quick,

@@ -87,6 +87,7 @@ def test_trl_side_and_ratio(ours, inputs):
     for it in trl["iterations"]:
         assert it["response_width"] == SPEC.response_len
         assert 0 < it["generate_s"] < it["rollout_s"] < it["total_s"]
+        assert 0 <= it["gc_s"] < it["total_s"]
     result = bench_ppo.build_result([(SPEC, ours, trl)], quick=True, compile_cache=True,
                                     trl_version=trl["version"], loads=(9.0, 9.0))
     ratio = bench_ppo.side_stats(trl)["total_s"] / bench_ppo.side_stats(ours)["total_s"]
@@ -94,6 +95,18 @@ def test_trl_side_and_ratio(ours, inputs):
     (target,) = result["targets"]
     assert target["met"] == (ratio >= bench_ppo.TARGET_RATIO)
     assert any("NOT an idle machine" in note for note in result["notes"])
+
+
+def test_iteration_flops_follow_the_passes():
+    import dataclasses
+
+    ours, trl = (bench_ppo.iteration_flops(SPEC, side) for side in ("ours", "trl"))
+    assert ours > trl > 0  # ours also re-scores the policy over the whole sequence
+    more = dataclasses.replace(SPEC, epochs=SPEC.epochs + 1)
+    # One more epoch adds the same update work on both sides.
+    assert (bench_ppo.iteration_flops(more, "ours") - ours
+            == pytest.approx(bench_ppo.iteration_flops(more, "trl") - trl))
+    assert bench_ppo.iteration_flops(more, "ours") - ours > ours - trl
 
 
 def test_bad_shapes_are_refused():
