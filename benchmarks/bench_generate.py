@@ -122,6 +122,47 @@ def run_hf(hf, ids, mask, n_new: int, greedy: bool, top_p: float, repeats: int):
     return timing, new
 
 
+def matmul_floor(hf, params, batch: int, repeats: int, steps: int = 16) -> tuple[float, float]:
+    """ms per decode step of the step's weight matmuls alone (each block's 4 matrices and the
+    LM head, no attention over the cache, no layer norms), with XLA (jitted loop of `steps`) and
+    with torch (a Python loop of the same matmuls): the floor each side's step cannot go below."""
+    t = params["transformer"]
+    d = hf.config.n_embd
+    mats = [[t[name]["attn"]["c_attn"]["kernel"], t[name]["attn"]["c_proj"]["kernel"],
+             t[name]["mlp"]["c_fc"]["kernel"], t[name]["mlp"]["c_proj"]["kernel"]]
+            for name in (f"h_{i}" for i in range(hf.config.n_layer))]
+    wte = t["wte"]["embedding"]
+
+    def step(x, mats, wte):
+        h = x
+        for qkv, proj, fc, fc_proj in mats:
+            h = h + (h @ qkv)[:, :d] @ proj
+            h = h + (h @ fc) @ fc_proj
+        logits = h @ wte.T  # the max keeps every logit needed (as the argmax of a real step does)
+        return x + 1e-6 * logits.max(axis=-1, keepdims=True)
+
+    run = jax.jit(lambda x, mats, wte: jax.lax.fori_loop(0, steps, lambda _, x: step(x, mats, wte), x))
+    x0 = jnp.ones((batch, d), jnp.float32)
+    ours = median_time(lambda: jax.block_until_ready(run(x0, mats, wte)), repeats=repeats)
+    blocks = hf.transformer.h
+    tw = [[b.attn.c_attn.weight, b.attn.c_proj.weight, b.mlp.c_fc.weight, b.mlp.c_proj.weight]
+          for b in blocks]  # Conv1D weights are [in, out]
+    twte = hf.transformer.wte.weight
+
+    def torch_run():
+        with torch.inference_mode():
+            x = torch.ones(batch, d)
+            for _ in range(steps):
+                h = x
+                for qkv, proj, fc, fc_proj in tw:
+                    h = h + (h @ qkv)[:, :d] @ proj
+                    h = h + (h @ fc) @ fc_proj
+                x = x + 1e-6 * (h @ twte.T).amax(dim=-1, keepdim=True)
+
+    theirs = median_time(torch_run, repeats=repeats)
+    return 1e3 * ours["median_s"] / steps, 1e3 * theirs["median_s"] / steps
+
+
 def bench_size(size: str, batches, sample_batches, prompt_len: int, n_new: int, top_p: float,
                repeats: int):
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,6 +176,7 @@ def bench_size(size: str, batches, sample_batches, prompt_len: int, n_new: int, 
     rows, ratios = [], {}
     for batch in batches:
         ids, mask = prompts(batch, prompt_len, cfg.vocab_size, seed=batch)
+        floor_xla, floor_torch = matmul_floor(hf, params, batch, repeats)
         for greedy in [True] + ([False] if batch in sample_batches else []):
             ours, compile_s, our_tokens = run_ours(model, params, ids, mask, n_new, greedy, top_p, repeats)
             theirs, hf_tokens = run_hf(hf, ids, mask, n_new, greedy, top_p, repeats)
@@ -150,6 +192,8 @@ def bench_size(size: str, batches, sample_batches, prompt_len: int, n_new: int, 
                          round(2 * matmul_params * ours_tps / 1e9, 1),
                          round(2 * matmul_params * hf_tps / 1e9, 1),
                          round(4 * matmul_params * n_new / ours["median_s"] / 1e9, 1),
+                         round(floor_xla, 2), round(floor_torch, 2),
+                         round(theirs["median_s"] / n_new * 1e3 / floor_xla, 1),
                          f"{our_tokens.shape[1]} / {hf_tokens.shape[1]}", same])
             print(f"[{size}] batch {batch} {decoding}: ours {ours_tps:.0f} tok/s, transformers "
                   f"{hf_tps:.0f} tok/s, ratio {ours_tps / hf_tps:.2f}", flush=True)
@@ -157,6 +201,7 @@ def bench_size(size: str, batches, sample_batches, prompt_len: int, n_new: int, 
              "columns": ["batch", "decoding", "ours tok/s", "transformers tok/s", "ratio",
                          "ours ms/step", "transformers ms/step", "ours compile s",
                          "ours GFLOP/s", "transformers GFLOP/s", "ours weights GB/s",
+                         "XLA matmul floor ms/step", "torch matmul floor ms/step", "ratio bound",
                          "new tokens (ours / transformers)", "greedy same"],
              "rows": rows}
     return table, ratios
@@ -216,6 +261,12 @@ def main(argv=None):
         "streams the weights (memory-bound); GFLOP/s at batch 32 against the machine's matmul "
         "rate shows how matmul-bound it is; ms/step that hardly changes with batch at the tiny "
         "size is per-step overhead.",
+        "Matmul floor: ms per step of the step's weight matmuls alone (4 per block + the LM "
+        "head, at the batch size; XLA: a jitted loop of 16 steps; torch: a Python loop of the "
+        "same matmuls under inference_mode), timed in the same run. A step cannot be faster "
+        "than its floor, so 'ratio bound' = transformers ms/step / XLA floor is the most our "
+        "sampler could reach against transformers if its step were nothing but these matmuls; "
+        "ours ms/step / XLA floor is our own overhead (attention, norms, sampling, loop).",
     ]
     if load_at_start > 0.5 * os.cpu_count():
         notes.append(f"The machine was busy (1-min load average {load_at_start:.1f} at the start on "
