@@ -23,7 +23,9 @@ by a generate of 8 tokens), then timed over ``--repeats`` calls; the tables give
 tok/s counts new tokens over all rows (``batch * new_tokens / median time``); ms/step is the
 median time over ``new_tokens`` (the prefill amortised in). ``greedy same`` is the share of greedy
 tokens identical on both sides (a sanity check that both ran the same model; float32 rounding can
-flip a near-tie, after which a row diverges).
+flip a near-tie, after which a row diverges). Per batch size the script also times each side's
+"matmul floor": the decode step's weight matmuls alone (``matmul_floor``), which bounds the ratio
+any sampler on XLA's matmuls could reach (see the notes written with the result).
 
 ``--quick`` is a smoke run (tiny size, batch 8 greedy and sampled, 16 new tokens, one repeat).
 """
