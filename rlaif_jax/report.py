@@ -8,6 +8,7 @@ Reads what the stages wrote into a workdir (``eval/<checkpoint>/report.json``,
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import statistics
 
@@ -96,8 +97,8 @@ RATES = set(METRICS) | {"acceptable_fraction", "agreement_with_ast", "val_pairwi
 
 def _fmt(value, key: str = "") -> str:
     """Rates as percentages, other numbers with 4 significant digits."""
-    if value is None:
-        return "–"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"  # absent, or undefined (e.g. AUC when the held-out labels have one class)
     if isinstance(value, float):
         return f"{value:.2%}" if key in RATES or key in METRICS else f"{value:.4g}"
     return str(value)
@@ -148,7 +149,7 @@ def write_run_report(config, workdir: pathlib.Path) -> dict:
 
 
 def _mean_std(values) -> dict:
-    values = [v for v in values if isinstance(v, (int, float))]
+    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     if not values:
         return {"mean": None, "std": None, "n": 0}
     return {"mean": statistics.fmean(values),

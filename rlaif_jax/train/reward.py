@@ -276,7 +276,9 @@ def train(config, workdir: pathlib.Path) -> dict:
                 val = evaluate(state["params"])
                 writer.write(done, val)
                 bar.write(f"step {done}: held-out pairwise accuracy "
-                          f"{val['val_pairwise_accuracy']:.3f}, AUC {val['val_auc']:.3f}")
+                          f"{val['val_pairwise_accuracy']:.3f}, AUC "
+                          + ("undefined (held-out labels of one class)"
+                             if np.isnan(val["val_auc"]) else f"{val['val_auc']:.3f}"))
             saved = done % config.checkpoint.every_steps == 0 or done == rc.steps
             if saved:
                 save(done)
