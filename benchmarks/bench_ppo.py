@@ -1,7 +1,10 @@
 """PPO iteration speed: `rlaif_jax.train.ppo` vs TRL's PPOTrainer (`trl.experimental.ppo`).
 
-    python -m benchmarks.bench_ppo [--quick] [--sizes tiny medium] [--batch 32] [--minibatch 16]
-                                   [--epochs 2] [--response-len 64] [--prompt-len 64] [--iters 4]
+    python -m benchmarks.bench_ppo [--quick] [--sizes tiny medium] [--batch N] [--minibatch M]
+                                   [--epochs 2] [--response-len 64] [--prompt-len 64] [--iters 3]
+
+Sizes: tiny = configs/tiny.py's GPT-2 (4 layers x 128, batch 32 in minibatches of 16); medium =
+6 layers x 512 (batch 16 in minibatches of 8); both with a 4096-token vocabulary.
 
 One PPO iteration = rollout (sample `--batch` responses of `--response-len` tokens at temperature
 1) + scoring (policy and reference log-probs, values, reward-model score, per-token KL, GAE) +
@@ -62,6 +65,9 @@ from benchmarks import common  # noqa: E402
 # GPT-2 shapes. tiny = configs/tiny.py (4 layers x 128); medium = 6 layers x 512.
 SIZES = {"tiny": dict(n_layer=4, n_embd=128, n_head=4),
          "medium": dict(n_layer=6, n_embd=512, n_head=8)}
+# Default (batch, minibatch) per size: medium's update alone is ~1 TFLOP at batch 16 (see
+# iteration_flops), which keeps the full run within minutes on 2 cores.
+DEFAULT_BATCH = {"tiny": (32, 16), "medium": (16, 8)}
 VOCAB = 4096  # configs/tiny.py's BPE
 TRL_VERSION = "1.12.0"  # the last release with PPO (trl.experimental.ppo)
 TARGET_RATIO = 3.0  # issue 7: a PPO iteration >= 3x faster than TRL's
@@ -79,7 +85,7 @@ class Spec:
     epochs: int = 2
     response_len: int = 64
     prompt_len: int = 64
-    iters: int = 4  # timed iterations, after one untimed first iteration
+    iters: int = 3  # timed iterations, after one untimed first iteration
     seed: int = 0
 
     def __post_init__(self):
@@ -468,12 +474,12 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: tiny, batch 8, 16 tokens")
     p.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["tiny", "medium"])
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--minibatch", type=int, default=16)
+    p.add_argument("--batch", type=int, help="prompts per iteration (default: tiny 32, medium 16)")
+    p.add_argument("--minibatch", type=int, help="minibatch size (default: half the batch)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--response-len", type=int, default=64)
     p.add_argument("--prompt-len", type=int, default=64)
-    p.add_argument("--iters", type=int, default=4, help="timed iterations after the first")
+    p.add_argument("--iters", type=int, default=3, help="timed iterations after the first")
     p.add_argument("--no-trl", action="store_true", help="time our side only")
     p.add_argument("--out", default="ppo", help="result name (benchmarks/results/NAME.json)")
     p.add_argument("--results-dir", type=pathlib.Path, default=common.RESULTS,
@@ -495,8 +501,13 @@ def main(argv=None) -> dict:
         args.compile_cache = True
     common.RESULTS = args.results_dir
     try:
-        specs = [Spec(size, args.batch, args.minibatch, args.epochs, args.response_len,
-                      args.prompt_len, args.iters) for size in args.sizes]
+        specs = []
+        for size in args.sizes:
+            batch = args.batch or DEFAULT_BATCH[size][0]
+            minibatch = args.minibatch or (DEFAULT_BATCH[size][1] if not args.batch
+                                           else max(batch // 2, 1))
+            specs.append(Spec(size, batch, minibatch, args.epochs, args.response_len,
+                              args.prompt_len, args.iters))
     except ValueError as e:
         p.error(str(e))
     trl_version = None if args.no_trl else trl_status()
@@ -556,10 +567,12 @@ def build_result(runs: list[tuple[Spec, dict, dict | None]], *, quick: bool, com
                             "value": round(cmp["ratio"], 2), "met": cmp["ratio"] >= TARGET_RATIO})
     s = runs[0][0]
     notes = [
-        f"Per iteration: {s.batch} prompts of {s.prompt_len} tokens, {s.response_len} response "
-        f"tokens at temperature 1, {s.epochs} epoch(s) of {s.batch // s.minibatch} minibatches "
-        f"of {s.minibatch}; policy + frozen reference + reward model + separate critic of the "
-        "same size, float32 on the CPU, same weights and prompts on both sides.",
+        f"Per iteration: prompts of {s.prompt_len} tokens, {s.response_len} response tokens at "
+        f"temperature 1, {s.epochs} epoch(s) over the batch; "
+        + "; ".join(f"{r.size}: {r.batch} prompts in minibatches of {r.minibatch}"
+                    for r, _, _ in runs)
+        + ". Policy + frozen reference + reward model + separate critic of the same size, "
+        "float32 on the CPU, same weights and prompts on both sides.",
         "TRL: " + (f"{TRL_VERSION} not installed (pip install -e '.[bench]'), its side not run."
                    if trl_version is None else
                    f"trl {trl_version}, torch.set_num_threads({os.cpu_count()}), "
