@@ -398,27 +398,31 @@ def side_stats(result: dict) -> dict:
 def iteration_flops(spec: Spec, side: str) -> float:
     """Matmul FLOPs of one iteration (2 per multiply-add), from the shapes and each side's passes.
 
-    Per token: an LM forward is 2 (12 L d^2 + d V) + attention 4 L d T (T = the sequence
-    length: full-sequence passes compute every causal score, masked or not); a trunk (reward
-    model, critic) drops the d V head. Rollout: sampling (prefill + R steps of the policy, KV
-    cache) then scoring: ours runs policy, reference, critic and reward model over all P + R
-    positions; TRL reuses the sampler's logits (reference, value, reward only). Update: epochs
-    x (policy + critic) x 3 (forward + backward).
+    Per token, a trunk (embeddings to final LN) is 2 * 12 L d^2 + attention 4 L d T (T = the
+    context: full-sequence passes compute every causal score, masked or not) and the LM head
+    2 d V. Rollout: sampling (prompt prefill, then R KV-cache steps with the head) and scoring:
+    ours runs four trunks (policy, reference, critic, reward model) over the P + R positions and
+    the LM head at the R response positions only, twice (policy, reference); TRL reuses the
+    sampler's logits and runs three trunks (reference with its head at every position, value,
+    reward). Update: epochs x 3 (forward + backward) x (policy and critic trunks + the policy's
+    head: ours at the R response positions, TRL at all P + R).
     """
-    d, n_layer, v = SIZES[spec.size]["n_embd"], SIZES[spec.size]["n_layer"], VOCAB
-    seq = spec.prompt_len + spec.response_len
+    d, n_layer = SIZES[spec.size]["n_embd"], SIZES[spec.size]["n_layer"]
+    seq, resp = spec.prompt_len + spec.response_len, spec.response_len
 
-    def per_token(head: bool, context: float) -> float:
-        return 2 * (12 * n_layer * d * d + (d * v if head else 0)) + 4 * n_layer * d * context
+    def trunk(context: float) -> float:
+        return 2 * 12 * n_layer * d * d + 4 * n_layer * d * context
 
-    lm, trunk = per_token(True, seq), per_token(False, seq)
-    rows = spec.batch
-    sampling = rows * (spec.prompt_len * per_token(False, spec.prompt_len)
-                       + spec.response_len * per_token(True, spec.prompt_len
-                                                       + spec.response_len / 2))
-    scoring = rows * seq * ((2 * lm if side == "ours" else lm) + 2 * trunk)
-    update = spec.epochs * rows * seq * 3 * (lm + trunk)
-    return sampling + scoring + update
+    head = 2 * d * VOCAB
+    head_positions = resp if side == "ours" else seq
+    sampling = (spec.prompt_len * trunk(spec.prompt_len)
+                + resp * (trunk(spec.prompt_len + resp / 2) + head))
+    if side == "ours":
+        scoring = 4 * seq * trunk(seq) + 2 * resp * head
+    else:
+        scoring = 3 * seq * trunk(seq) + seq * head
+    update = spec.epochs * 3 * (2 * seq * trunk(seq) + head_positions * head)
+    return spec.batch * (sampling + scoring + update)
 
 
 def compare(spec: Spec, ours: dict, trl: dict | None) -> dict:
@@ -584,8 +588,9 @@ def build_result(runs: list[tuple[Spec, dict, dict | None]], *, quick: bool, com
         "column lists the widths sampled (EOS never ended a batch early on either side when it "
         "equals the response length).",
         "Known differences: ours recomputes the policy's log-probs in the scoring pass (TRL keeps "
-        "the sampler's logits: [batch, response, vocab] floats), clips gradient norms, uses Adam "
-        "at a constant rate (TRL: AdamW, linear decay); TRL runs gc.collect() every iteration.",
+        "the sampler's logits: [batch, response, vocab] floats) but applies the LM head at the "
+        "response positions only (TRL: at every position), clips gradient norms, uses Adam at a "
+        "constant rate (TRL: AdamW, linear decay); TRL runs gc.collect() twice per iteration.",
     ] + size_notes
     if max(loads) > 0.5 * os.cpu_count():
         notes.append(

@@ -101,12 +101,17 @@ def test_iteration_flops_follow_the_passes():
     import dataclasses
 
     ours, trl = (bench_ppo.iteration_flops(SPEC, side) for side in ("ours", "trl"))
-    assert ours > trl > 0  # ours also re-scores the policy over the whole sequence
     more = dataclasses.replace(SPEC, epochs=SPEC.epochs + 1)
-    # One more epoch adds the same update work on both sides.
-    assert (bench_ppo.iteration_flops(more, "ours") - ours
-            == pytest.approx(bench_ppo.iteration_flops(more, "trl") - trl))
-    assert bench_ppo.iteration_flops(more, "ours") - ours > ours - trl
+    extra_ours = bench_ppo.iteration_flops(more, "ours") - ours
+    extra_trl = bench_ppo.iteration_flops(more, "trl") - trl
+    # An epoch: 3 x (2 trunks over every position + the LM head), TRL's head at every position.
+    d, n_layer = bench_ppo.SIZES["tiny"]["n_embd"], bench_ppo.SIZES["tiny"]["n_layer"]
+    seq = SPEC.prompt_len + SPEC.response_len
+    trunk = 2 * 12 * n_layer * d * d + 4 * n_layer * d * seq
+    head = 2 * d * bench_ppo.VOCAB
+    assert extra_trl == pytest.approx(SPEC.batch * 3 * (2 * seq * trunk + seq * head))
+    assert extra_trl - extra_ours == pytest.approx(SPEC.batch * 3 * SPEC.prompt_len * head)
+    assert 0 < ours and 0 < trl
 
 
 def test_bad_shapes_are_refused():
