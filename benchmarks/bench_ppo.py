@@ -40,7 +40,9 @@ between consecutive `on_step_end` callbacks (so TRL's per-iteration logging and 
 included), split into rollout (until the first forward pass with gradients) and update by
 timing hooks on `ppo_trainer.batch_generation` and `ppo_trainer.forward`.
 
-``--quick`` is a smoke run (tiny size, batch 8, 16 tokens, 2 timed iterations).
+Our first iteration compiles cold (no persistent XLA cache) unless `--compile-cache`; `--quick`
+(a smoke run: tiny size, batch 8 in minibatches of 4, 32 + 16 tokens, one epoch, 2 timed
+iterations) turns the cache on. `--workdir DIR` keeps the models, runs and worker results.
 """
 
 from __future__ import annotations
