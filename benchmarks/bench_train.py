@@ -184,6 +184,7 @@ def jax_step_runner(model, params, batch: dict):
         jax.block_until_ready(state)
         return float(metrics["loss"])
 
+    run.hlo_text = lambda: step.lower(state, device_batch).compile().as_text()
     return run
 
 
@@ -360,14 +361,44 @@ def jax_only_rows(name, shape, directory, dtype, repeats, peaks):
                      peaks["lm_head"].get(name, {}).get(dtype))]
 
 
-def profile_steps(shape, directory, out: str) -> None:
+# Parts of a step, by the op_name XLA keeps in each instruction's metadata (first match wins).
+PROFILE_PARTS = (
+    ("LM head + loss", ("lm_logits", "take_along_axis", "log_softmax", "logsumexp")),
+    ("dense layers (c_attn, c_proj, c_fc)", ("/attn/c_attn", "/attn/c_proj", "/mlp/c_")),
+    ("attention core (QK^T, mask, softmax, PV)", ("/attn/",)),
+    ("layer norms", ("ln_",)),
+    ("MLP activation", ("/mlp/",)),
+)
+
+
+def profile_steps(shape, directory, out: str, n: int = 3) -> list[list]:
+    """Traces `n` JAX fp32 steps with jax.profiler and sums the time of XLA's kernels by the
+    part of the model their HLO instruction comes from: [[part, ms per step, share], ...]."""
+    import collections
+    import gzip
+    import re
+
     import jax
 
     run = jax_step_runner(*jax_model(directory, shape, "float32"), make_batch(shape))
     run()  # compile outside the trace
-    with jax.profiler.trace(out):
-        for _ in range(3):
+    op_names = dict(re.findall(r'^\s*%?(\S+) = .*?op_name="([^"]*)"', run.hlo_text(), re.M))
+    with jax.profiler.trace(out, create_perfetto_trace=True):
+        for _ in range(n):
             run()
+    trace = sorted(pathlib.Path(out).rglob("*.trace.json.gz"))[-1]
+    events = json.loads(gzip.open(trace).read())
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    totals = collections.Counter()
+    for e in events:
+        op = op_names.get(e.get("name"))
+        if e.get("ph") != "X" or op is None:
+            continue  # host-side and runtime events have no HLO instruction
+        part = "optimizer (clip, AdamW)" if "/while/" not in op else next(
+            (name for name, keys in PROFILE_PARTS if any(k in op for k in keys)), "other")
+        totals[part] += e["dur"] / 1e3 / n
+    total = sum(totals.values())
+    return [[part, _r(ms), _r(ms / total, 3)] for part, ms in totals.most_common()]
 
 
 _START = time.perf_counter()
@@ -381,7 +412,7 @@ def _r(x, nd=1):
     return None if x is None else round(x, nd)
 
 
-def build_result(args, peaks, mm_rows, steps, parts, variants, shapes) -> dict:
+def build_result(args, peaks, mm_rows, steps, parts, variants, shapes, profile) -> dict:
     step_cols = ["shape", "dtype", "batch x seq", "side", "tokens/step", "steps", "step ms",
                  "tokens/s", "model GFLOP/s", "MFU vs square peak", "MFU vs LM-head peak",
                  "loss first", "loss last"]
@@ -401,6 +432,11 @@ def build_result(args, peaks, mm_rows, steps, parts, variants, shapes) -> dict:
                        "rows": [["forward (loss)", _r(1e3 * fwd), _r(fwd / st, 3)],
                                 ["backward", _r(1e3 * (fb - fwd)), _r((fb - fwd) / st, 3)],
                                 ["clip + AdamW + rest", _r(1e3 * (st - fb)), _r((st - fb) / st, 3)]]})
+    if profile:
+        first = next(iter(shapes))
+        tables.append({"title": f"JAX fp32 step profile ({first}: jax.profiler trace, XLA "
+                                "kernel time by model part)",
+                       "columns": ["part", "ms/step", "share of kernel time"], "rows": profile})
     if variants:
         base = variants[0]
         tables.append({"title": "XLA_FLAGS variants (JAX fp32 step, own process each)",
@@ -444,10 +480,10 @@ def build_result(args, peaks, mm_rows, steps, parts, variants, shapes) -> dict:
                                                               "breakdown": parts,
                                                               "xla_variants": variants,
                                                               "shapes": shapes, "optim": OPTIM},
-            "notes": notes(peaks, steps, variants)}
+            "notes": notes(peaks, steps, variants, profile)}
 
 
-def notes(peaks, steps, variants) -> list[str]:
+def notes(peaks, steps, variants, profile=None) -> list[str]:
     out = [
         "Model FLOPs per token = 6*(12*L*D^2 + V*D) + 12*L*T*D (PaLM convention, tied LM head "
         "counted, attention over all T keys); MFU = model FLOP/s / jnp.dot peak measured in the "
@@ -470,6 +506,9 @@ def notes(peaks, steps, variants) -> list[str]:
         diff = max(abs(x - y) for x, y in zip(a["losses"], b["losses"]))
         out.append(f"{a['shape']} fp32: per-step losses of the two sides differ by at most "
                    f"{diff:.2e} over {a['steps']} steps (same model and update).")
+    if profile:
+        out.append("Profile of the JAX fp32 step: " + ", ".join(
+            f"{part} {share:.0%}" for part, _, share in profile[:4]) + " of XLA kernel time.")
     rejected = [v["flag"] for v in variants if not v["accepted"]]
     if rejected:
         out.append("XLA rejected: " + ", ".join(rejected) + " (see the variants table).")
@@ -484,8 +523,9 @@ def main(argv=None):
     p.add_argument("--no-xla-variants", action="store_true", help="skip the XLA flag variants")
     p.add_argument("--results-dir", default=None, help="write the JSON here instead of "
                    "benchmarks/results/")
-    p.add_argument("--profile", default=None, help="also write a jax.profiler trace of three "
-                   "JAX fp32 steps of the first shape to this directory")
+    p.add_argument("--profile", default=None, help="keep the jax.profiler trace of three JAX "
+                   "fp32 steps of the first shape in this directory (the trace is always taken "
+                   "and summarised without --quick; with --quick only when this is given)")
     p.add_argument("--child-variant", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
@@ -498,7 +538,7 @@ def main(argv=None):
     first = next(iter(shapes))
     log("matmul peaks")
     peaks, mm_rows = measure_matmuls(shapes, 1024 if args.quick else 2048, repeats)
-    steps, parts = [], None
+    steps, parts, profile = [], None, None
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, shape) in enumerate(shapes.items()):
             directory = pathlib.Path(tmp) / name
@@ -514,8 +554,9 @@ def main(argv=None):
                 one = dict(shape, batch=1, seq=min(shape["seq"], 32 if args.quick else 128))
                 steps += run_shape(name, one, pathlib.Path(tmp) / f"{name}_1", ("bfloat16",),
                                    1, peaks, breakdown=False)[0]
-                if args.profile:
-                    profile_steps(shape, directory, args.profile)
+                if args.profile or not args.quick:
+                    log(f"{name} profile")
+                    profile = profile_steps(shape, directory, args.profile or tmp + "/trace")
     variants = []
     if not args.no_xla_variants:
         vshape = dict(shapes[first], batch=8, seq=64 if args.quick else 256)
@@ -524,7 +565,7 @@ def main(argv=None):
     if args.results_dir:
         common.RESULTS = pathlib.Path(args.results_dir)
     path = common.write_result("train", build_result(args, peaks, mm_rows, steps, parts,
-                                                     variants, shapes))
+                                                     variants, shapes, profile))
     print(f"wrote {path}")
     for t in json.loads(path.read_text())["targets"]:
         print(f"  {t['name']}: {t['value']} (target {t['target']}, met: {t['met']})")
