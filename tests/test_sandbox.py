@@ -88,7 +88,8 @@ def test_results_keep_input_order():
 # --- gold code and invented ids ---------------------------------------------------------------
 
 # Measured on these subsets: 111/120 (92.5%) HF, 57/60 (95%) TorchHub. The full eval files
-# score 87.9% (801/911) and 93.0% (173/186), every remaining failure but one a bug of the gold
+# score 87.8% (800/911: one gold answer has no code) and 93.0% (173/186), every remaining failure
+# but one a bug of the gold
 # code (see the sandbox module's docstring and benchmarks/bench_sandbox.py --report).
 @pytest.mark.parametrize("hub,threshold", [("huggingface", 0.88), ("torchhub", 0.90)])
 def test_gold_code_runs(gold, hub, threshold):
@@ -257,6 +258,9 @@ FIDELITY_CASES = [
     ("import joblib\nmodel = joblib.load('model.joblib')\nmodel.predict([[1, 2]])", "ok"),
     ("import joblib\nmodel = joblib.load('invented-org/sklearn_model.joblib-x9')",
      "unknown_model"),
+    # torch.load reads a file: a hub id given to it fails (a policy's reward-hacked shortcut)
+    ("import torch\nmodel = torch.load('model.pth')\nmodel.eval()", "ok"),
+    ("import torch\nmodel = torch.load('pytorch/vision', pretrained=True)", "unknown_model"),
     # rl_zoo3.load_from_hub is a module (a script), huggingface_sb3's is the function [171]
     ("from huggingface_sb3 import load_from_hub\n"
      "path = load_from_hub(repo_id='sb3/ppo-CartPole-v1', filename='ppo-CartPole-v1.zip')", "ok"),

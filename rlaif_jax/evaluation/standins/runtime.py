@@ -618,13 +618,16 @@ _FUNC_CHECKS[("timm", "create_model")] = _timm_check
 
 
 def _local_file_check(args, kwargs):
-    """joblib.load(filename): the file must exist (the named input files of a snippet do)."""
-    path = _value(args, kwargs, 0, ("filename",))
+    """joblib.load(filename) / torch.load(f): a named file must exist (the named input files of
+    a snippet do). `torch.load('pytorch/vision', pretrained=True)`, a hub id given to the file
+    loader, fails here as it does in torch."""
+    path = _value(args, kwargs, 0, ("filename", "f"))
     if isinstance(path, (str, bytes, os.PathLike)) and not os.path.exists(path):
         raise HubNotFoundError(f"[Errno 2] No such file or directory: {os.fsdecode(path)!r}")
 
 
 _FUNC_CHECKS[("joblib", "load")] = _local_file_check
+_FUNC_CHECKS[("torch", "load")] = _local_file_check
 
 
 def _loader_check(cls, name):
