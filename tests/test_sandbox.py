@@ -89,8 +89,8 @@ def test_results_keep_input_order():
 
 # Measured on these subsets: 111/120 (92.5%) HF, 57/60 (95%) TorchHub. The full eval files
 # score 87.8% (800/911: one gold answer has no code) and 93.0% (173/186), every remaining failure
-# but one a bug of the gold
-# code (see the sandbox module's docstring and benchmarks/bench_sandbox.py --report).
+# but one a bug of the gold code (see the sandbox module's docstring and
+# benchmarks/bench_sandbox.py --report).
 @pytest.mark.parametrize("hub,threshold", [("huggingface", 0.88), ("torchhub", 0.90)])
 def test_gold_code_runs(gold, hub, threshold):
     codes, results = gold[hub]
