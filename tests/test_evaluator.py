@@ -64,6 +64,27 @@ def test_invented_model_ids_are_hallucinations(tmp_path):
     assert report["executability"] <= 0.2
 
 
+def test_executable_ast_accuracy_needs_both(tmp_path):
+    """Right API that fails to run, code that runs but is the wrong API, and both right."""
+    records, _ = gorilla.load_apibench(gorilla.apibench_path("torchhub", "eval"), "torchhub")
+    right = [r for r in records if "pytorch/vision" in r["api_call"]][:3]
+    wrong_api = ("<<<domain>>>: Classification\n<<<api_call>>>: torch.hub.load('nobody-real/x', "
+                 "'y')\n<<<api_provider>>>: PyTorch\n<<<code>>>: import torch\nx = 1 + 1")
+    texts = [gorilla.format_target(right[0]),
+             gorilla.format_target(right[1]).replace("<<<code>>>:", "<<<code>>>: )(", 1),
+             wrong_api]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps({"question_id": int(r["question_id"]), "text": t}) + "\n"
+                            for r, t in zip(right, texts)))
+    report = evaluator.evaluate("torchhub", path, metrics=("ast", "exec"))
+    recs = report["records"]
+    assert [r["ast_correct"] for r in recs] == [True, True, False]
+    assert [r["exec_status"] == "ok" for r in recs] == [True, False, True]
+    assert report["executable_ast_accuracy"] == pytest.approx(1 / 3)
+    assert report["ast_accuracy"] == pytest.approx(2 / 3)
+    assert report["executability"] == pytest.approx(2 / 3)
+
+
 def test_tensorflowhub_needs_and_uses_an_apibench_file(tmp_path):
     apis = gorilla.load_api_db(gorilla.api_db_path("tensorflowhub"))[:12]
     bench, responses = [], []

@@ -136,11 +136,19 @@ def evaluate(hub: str, responses_path, *, apibench=None, api_db=None, metrics=ME
         report["executability"] = sum(r.ok for r in results) / n
         report["exec_failures"] = {k: v for k, v in sorted(causes.items()) if k != "ok"}
         report["exec_seconds"] = round(time.time() - t0, 2)
+    if "ast" in metrics and "exec" in metrics:
+        # Runs AND calls the right API: code that executes but is the wrong API (a policy can
+        # learn one template that always runs) counts in executability, not here.
+        report["executable_ast_accuracy"] = sum(_runs_and_matches(r) for r in per) / n
 
     report["per_domain"] = _per_domain(per, metrics)
     report["records"] = per
     report["seconds"] = round(time.time() - start, 2)
     return report
+
+
+def _runs_and_matches(rec: dict) -> bool:
+    return bool(rec["ast_correct"]) and rec["exec_status"] == "ok"
 
 
 def _per_domain(per: list[dict], metrics) -> dict:
@@ -157,12 +165,14 @@ def _per_domain(per: list[dict], metrics) -> dict:
             row["rougeL"] = sum(r["rougeL"] for r in recs) / len(recs)
         if "exec" in metrics:
             row["executability"] = _rate(r["exec_status"] == "ok" for r in recs)
+        if "ast" in metrics and "exec" in metrics:
+            row["executable_ast_accuracy"] = _rate(_runs_and_matches(r) for r in recs)
         out[domain] = row
     return out
 
 
 SUMMARY_KEYS = ("n", "malformed", "ast_accuracy", "hallucination", "ast_error", "strict_accuracy",
-                "rougeL", "codebleu", "executability")
+                "rougeL", "codebleu", "executability", "executable_ast_accuracy")
 
 
 def print_report(report: dict, console=None) -> None:
