@@ -78,8 +78,7 @@ def test_result_records_trl_as_not_installed(ours, tmp_path, monkeypatch):
 
 
 def test_trl_side_and_ratio(ours, inputs):
-    if bench_ppo.trl_status() is None:
-        pytest.skip("trl not installed (pip install -e '.[bench]')")
+    assert bench_ppo.trl_status() is not None, "trl is in the test extra: pip install -e '.[test]'"
     d, paths, prompts, _ = inputs
     trl = bench_ppo.run_trl(SPEC, paths, prompts, d / "trl")
     assert trl["version"] == bench_ppo.TRL_VERSION
