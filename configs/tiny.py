@@ -46,7 +46,9 @@ def get_config(arg=None):
     c.ppo.critic_lr = 1e-4
     # Hybrid reward: RM score + 5 when the rollout's code runs. Chosen on the validation split
     # (seed 0): weight 1 let PPO collapse onto code that drops the model argument (executability
-    # 25.7% -> 2.3%); weight 5 gave 25.7% -> 46.3% with AST accuracy 34.9% -> 37.7%.
+    # 25.7% -> 2.3%); weight 5 gave 25.7% -> 46.3% with AST accuracy 34.9% -> 37.7%, but that
+    # gain most likely came from a sandbox gap since closed (torch.load of a hub id "ran"). On
+    # the test split over 3 seeds it does not beat SFT: see the README's pipeline section.
     c.ppo.exec_weight = 5.0
     # A fixed, firm KL penalty: with the adaptive controller (target 6 nats) the policy drifted
     # to one template the reward model liked (measured on the validation split, see README).
