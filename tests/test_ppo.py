@@ -7,7 +7,6 @@ sampling from the result go through the real CLI.
 
 import json
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,12 +19,12 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import ROOT, cli, load_config
-from rlaif_jax.checkpoint import StageCheckpoints
+from ppo_fixtures import copy_run, make_reward_checkpoint
 from rlaif_jax.config import ConfigError, validate
 from rlaif_jax.data import sft_data
 from rlaif_jax.data.splits import build_splits
 from rlaif_jax.metrics import read_metrics
-from rlaif_jax.models.build import load_model_config, make_lm, make_reward_model
+from rlaif_jax.models.build import load_model_config, make_lm
 from rlaif_jax.sample_responses import load_stage_params
 from rlaif_jax.sharding import make_mesh
 from rlaif_jax.train import ppo, sft
@@ -36,21 +35,6 @@ SMOKE = "--config=configs/smoke.py"
 RUN = {"iterations": 6, "checkpoint_every": 3, "prompts_per_iteration": 16, "minibatch_size": 8}
 RUN_ARGS = [SMOKE, *(f"--config.ppo.{k}={v}" for k, v in RUN.items())]
 EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-
-
-def make_reward_checkpoint(workdir: pathlib.Path, config) -> None:
-    """A reward checkpoint as `rlaif-jax reward` leaves it: the SFT trunk and a random head."""
-    cfg = load_model_config(workdir, config.model)
-    mesh = make_mesh(config.mesh)
-    sft_params, _ = load_stage_params(workdir, "sft", make_lm(cfg), mesh,
-                                      config.mesh.fsdp_min_size)
-    head = make_reward_model(cfg).init(jax.random.PRNGKey(7), jnp.zeros((1, 8), jnp.int32))
-    params = {"transformer": sft_params["transformer"],
-              "reward_head": head["params"]["reward_head"]}
-    ckpts = StageCheckpoints(workdir / "checkpoints" / "reward", keep=1, async_save=False)
-    ckpts.save(1, {"params": params}, {"step": 1})
-    ckpts.wait()
-    ckpts.close()
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +49,6 @@ def base(tmp_path_factory):
     sft.train(config, workdir)
     make_reward_checkpoint(workdir, config)
     return workdir
-
-
-def copy_run(base: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
-    for part in ("tokenizer", "model", "checkpoints/sft", "checkpoints/reward"):
-        shutil.copytree(base / part, dest / part)
-    return dest
 
 
 def policy_params(workdir):

@@ -8,7 +8,6 @@ tensor mesh, in one process to pay JAX's start-up once.
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 
@@ -19,14 +18,13 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from conftest import ROOT, load_config
+from ppo_fixtures import copy_run, make_reward_checkpoint
 from rlaif_jax import sharding
-from rlaif_jax.checkpoint import StageCheckpoints
 from rlaif_jax.config import ConfigError, validate
 from rlaif_jax.metrics import read_metrics
-from rlaif_jax.models.build import load_model_config, make_lm, make_reward_model
+from rlaif_jax.models.build import make_lm
 from rlaif_jax.models.gpt2 import GPT2Config
 from rlaif_jax.models.llama import LlamaConfig
-from rlaif_jax.sample_responses import load_stage_params
 from rlaif_jax.train.optim import make_optimizer
 
 EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
@@ -185,26 +183,6 @@ def test_one_device_mesh_has_no_tensor_axis_and_smoke_args_validate():
 # --- 8 devices ----------------------------------------------------------------------------------
 
 
-def make_reward_checkpoint(workdir: pathlib.Path, config) -> None:
-    """A reward checkpoint as `rlaif-jax reward` leaves it: the SFT trunk and a seeded head."""
-    cfg = load_model_config(workdir, config.model)
-    mesh = sharding.make_mesh(config.mesh)
-    sft_params, _ = load_stage_params(workdir, "sft", make_lm(cfg), mesh, 1024)
-    head = make_reward_model(cfg).init(jax.random.PRNGKey(7), jnp.zeros((1, 8), jnp.int32))
-    params = {"transformer": sft_params["transformer"],
-              "reward_head": head["params"]["reward_head"]}
-    ckpts = StageCheckpoints(workdir / "checkpoints" / "reward", keep=1, async_save=False)
-    ckpts.save(1, {"params": params}, {"step": 1})
-    ckpts.wait()
-    ckpts.close()
-
-
-def copy_base(base: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
-    for part in ("tokenizer", "model", "checkpoints/sft", "checkpoints/reward"):
-        shutil.copytree(base / part, dest / part)
-    return dest
-
-
 def _use_compilation_cache():
     jax.config.update("jax_compilation_cache_dir",
                       str(pathlib.Path(load_config("smoke").compilation_cache).expanduser()))
@@ -219,7 +197,7 @@ def run_layout(arg, base: pathlib.Path, out: pathlib.Path) -> dict:
     validate(config)
     (out / "sft").mkdir(parents=True)
     summary = sft.train(config, out / "sft")
-    ppo.train(config, copy_base(base, out / "ppo"))
+    ppo.train(config, copy_run(base, out / "ppo"))
     mesh = sharding.make_mesh(config.mesh)
     # The study's model on this mesh: shapes only, nothing allocated.
     large = abstract_params(GPT2Config(vocab_size=50257, n_positions=1024, n_embd=1280,
@@ -253,7 +231,7 @@ def one_device(tmp_path_factory):
     config = smoke()
     summary = sft.train(config, base)
     make_reward_checkpoint(base, config)
-    ppo_dir = copy_base(base, tmp_path_factory.mktemp("tp_ppo1"))
+    ppo_dir = copy_run(base, tmp_path_factory.mktemp("tp_ppo1"))
     ppo.train(config, ppo_dir)
     return base, summary, read_metrics(ppo_dir / "metrics" / "ppo.jsonl")
 
