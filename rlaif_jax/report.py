@@ -16,7 +16,7 @@ from rlaif_jax.config import STAGES
 from rlaif_jax.metrics import read_metrics
 
 METRICS = ("ast_accuracy", "hallucination", "ast_error", "strict_accuracy", "rougeL", "codebleu",
-           "executability", "executable_ast_accuracy")
+           "executability", "executable_ast_accuracy", "distinct_code")
 # (title, metric keys tried in order) of the PPO curves to plot.
 CURVES = (("reward", ("reward_mean", "reward", "mean_reward")),
           ("kl", ("kl", "kl_mean", "kl_per_sequence")),

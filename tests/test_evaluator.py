@@ -83,6 +83,25 @@ def test_executable_ast_accuracy_needs_both(tmp_path):
     assert report["executable_ast_accuracy"] == pytest.approx(1 / 3)
     assert report["ast_accuracy"] == pytest.approx(2 / 3)
     assert report["executability"] == pytest.approx(2 / 3)
+    assert report["distinct_code"] == pytest.approx(1.0)
+
+
+def test_distinct_code_exposes_one_program_for_every_question(tmp_path):
+    """A collapsed policy (the same runnable program whatever the question) can score well on
+    executability and on Gorilla's domain-level AST match; distinct_code shows the collapse."""
+    records, _ = gorilla.load_apibench(gorilla.apibench_path("torchhub", "eval"), "torchhub")
+    asked = [r for r in records if "pytorch/vision" in r["api_call"]][:4]
+    same = gorilla.format_target(asked[0])
+    lines = [{"question_id": int(r["question_id"]), "text": same} for r in asked]
+    lines[1]["text"] = same.replace("\n", "\n\n")  # only whitespace differs: the same program
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    report = evaluator.evaluate("torchhub", path, metrics=("exec",))
+    assert report["executability"] == pytest.approx(1.0)
+    assert report["distinct_code"] == pytest.approx(1 / 4)
+    gold = [{"question_id": int(r["question_id"]), "text": gorilla.format_target(r)} for r in asked]
+    path.write_text("".join(json.dumps(x) + "\n" for x in gold))
+    assert evaluator.evaluate("torchhub", path, metrics=("exec",))["distinct_code"] > 0.5
 
 
 def test_tensorflowhub_needs_and_uses_an_apibench_file(tmp_path):

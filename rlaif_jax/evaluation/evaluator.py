@@ -94,6 +94,10 @@ def evaluate(hub: str, responses_path, *, apibench=None, api_db=None, metrics=ME
                                         for r in responses if r.error],
                     "apibench_lines_skipped": skipped}
     n = max(len(responses), 1)
+    # Answer diversity: distinct programs (whitespace-normalised code sections) per response. A
+    # policy that writes one program for every question (a reward-hacking collapse that both
+    # Gorilla's domain-level AST match and executability can reward) scores 1/n here.
+    report["distinct_code"] = len({" ".join(c.split()) for c in codes}) / n
 
     if "ast" in metrics:
         db = ast_match.APIDatabase.load(hub, api_db, rule=ast_rule)
@@ -172,7 +176,7 @@ def _per_domain(per: list[dict], metrics) -> dict:
 
 
 SUMMARY_KEYS = ("n", "malformed", "ast_accuracy", "hallucination", "ast_error", "strict_accuracy",
-                "rougeL", "codebleu", "executability", "executable_ast_accuracy")
+                "rougeL", "codebleu", "executability", "executable_ast_accuracy", "distinct_code")
 
 
 def print_report(report: dict, console=None) -> None:

@@ -17,7 +17,8 @@ from rlaif_jax.data.splits import source_path
 from rlaif_jax.evaluation import evaluator
 
 HEADLINE = ("n", "malformed", "ast_accuracy", "hallucination", "ast_error", "strict_accuracy",
-            "rougeL", "codebleu", "executability", "executable_ast_accuracy", "exec_failures")
+            "rougeL", "codebleu", "executability", "executable_ast_accuracy", "distinct_code",
+            "exec_failures")
 
 
 def _apibench_files(data_cfg) -> dict[str, pathlib.Path]:
