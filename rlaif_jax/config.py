@@ -204,10 +204,12 @@ def base_config() -> ConfigDict:
     c.ppo.ent_coef = 0.0
     c.ppo.whiten_advantages = True
     c.ppo.no_eos_penalty = -1.0  # added to the reward of responses that hit max_new_tokens
-    # Reward = rm_weight * RM score + exec_weight * executable + ast_weight * AST match.
+    # Reward = rm_weight * RM score + exec_weight * executable + ast_weight * AST match
+    #          + exec_ast_weight * (executable AND AST match).
     c.ppo.rm_weight = 1.0
     c.ppo.exec_weight = 0.0
     c.ppo.ast_weight = 0.0
+    c.ppo.exec_ast_weight = 0.0
     c.ppo.track_rollout_quality = True  # log rollouts' exec / AST rates even at weight 0
     c.ppo.log_every = 1
     c.ppo.checkpoint_every = 5

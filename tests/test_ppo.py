@@ -76,7 +76,7 @@ def test_ppo_increases_a_toy_reward(base, tmp_path):
     c.iterations, c.prompts_per_iteration, c.minibatch_size = 10, 16, 8
     c.lr, c.critic, c.lam, c.kl_coef, c.no_eos_penalty = 5e-3, "shared", 1.0, 0.0, 0.0
     c.early_stop_kl, c.checkpoint_every = 0.1, 100
-    c.ast_weight = 1.0  # a host reward in the loop too (this policy never earns it)
+    c.ast_weight = c.exec_ast_weight = 1.0  # host rewards in the loop too (never earned here)
     half = 300
 
     def lower_half(params, batch):
@@ -98,6 +98,7 @@ def test_ppo_increases_a_toy_reward(base, tmp_path):
     # Recomputed log-probs agree with the sampler's own (temperature 1).
     assert max(r["sampler_logp_gap"] for r in rows) < 1e-4
     assert all(0.0 <= r["ast_rate"] <= 1.0 for r in rows) and "final_ast_rate" in summary
+    assert all(r["exec_ast_rate"] <= min(r["exec_rate"], r["ast_rate"]) for r in rows)
     # Resuming this run with other PPO settings is refused (before any work).
     c.lr = 1e-4
     with pytest.raises(ValueError, match="different config"):
@@ -111,9 +112,16 @@ def test_host_rewards_judge_gold_and_broken_responses():
     assert [r["hub"] for r in gold] == ["huggingface", "torchhub"]
     texts = [sft_data.target_text(r, config.data) for r in gold]
     texts += ["<<<domain>>>: x\n<<<api_call>>>: model = foo(", "no sections at all"]
-    out = HostRewards(exec_on=True, ast_on=True, exec_timeout=10.0, workers=0)(texts, gold + gold)
-    assert out["ast"].tolist() == [1.0, 1.0, 0.0, 0.0]
-    assert out["exec"].tolist() == [1.0, 1.0, 0.0, 0.0]  # no code at all earns nothing
+    # The TorchHub gold answer given to the Hugging Face question: it runs, but is the wrong API.
+    texts.append(texts[1])
+    out = HostRewards(exec_on=True, ast_on=True, exec_timeout=10.0, workers=0)(
+        texts, gold + gold + gold[:1])
+    assert out["ast"].tolist() == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert out["exec"].tolist() == [1.0, 1.0, 0.0, 0.0, 1.0]  # no code at all earns nothing
+    assert out["exec_ast"].tolist() == [1.0, 1.0, 0.0, 0.0, 0.0]
+    only_exec = HostRewards(exec_on=True, ast_on=False, exec_timeout=10.0, workers=0)(
+        texts[:2], gold)
+    assert set(only_exec) == {"exec"}
 
 
 @pytest.mark.parametrize("key,value,message", [

@@ -250,9 +250,9 @@ def train(config, workdir: pathlib.Path, reward_source: RewardSource | None = No
     if reward_source is None:
         reward_source = reward_model_source(config, workdir, mesh)
     host_rewards = None  # executability / AST match of the rollouts: rewards and/or logged
-    if cfg.exec_weight or cfg.ast_weight or cfg.track_rollout_quality:
-        host_rewards = HostRewards(cfg.exec_weight != 0 or cfg.track_rollout_quality,
-                                   cfg.ast_weight != 0 or cfg.track_rollout_quality,
+    if cfg.exec_weight or cfg.ast_weight or cfg.exec_ast_weight or cfg.track_rollout_quality:
+        both = cfg.exec_ast_weight != 0 or cfg.track_rollout_quality
+        host_rewards = HostRewards(cfg.exec_weight != 0 or both, cfg.ast_weight != 0 or both,
                                    config.eval.exec_timeout, config.eval.exec_workers)
 
     # Prompts of the training split, tokenized once.
@@ -334,7 +334,8 @@ def train(config, workdir: pathlib.Path, reward_source: RewardSource | None = No
             found = distributed.from_writer(host_rewards(
                 decode_responses(tokenizer, tokens, lengths, done), [records[i] for i in idx]))
             bonus = sum(found.get(k, 0.0) * w for k, w in (("exec", cfg.exec_weight),
-                                                            ("ast", cfg.ast_weight)))
+                                                            ("ast", cfg.ast_weight),
+                                                            ("exec_ast", cfg.exec_ast_weight)))
             bonus = np.broadcast_to(np.asarray(bonus, np.float32), (len(idx),))
             rollout["reward"] = rollout["reward"] + sharding.put_batch({"bonus": bonus},
                                                                        mesh)["bonus"]

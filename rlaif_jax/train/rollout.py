@@ -180,9 +180,10 @@ def decode_responses(tokenizer, tokens: np.ndarray, lengths: np.ndarray,
 class HostRewards:
     """Executability (sandboxed run) and AST match of decoded responses against each record's gold.
 
-    Only built when `ppo.exec_weight` or `ppo.ast_weight` is non-zero. `__call__` returns
-    `{"exec": [B], "ast": [B]}` float arrays (1.0 = executable / AST-correct, exactly as the
-    evaluator judges them) for the sources on.
+    Built when a host reward weight is non-zero (or rollout quality is tracked). `__call__`
+    returns `{"exec": [B], "ast": [B]}` float arrays (1.0 = executable / AST-correct, exactly as
+    the evaluator judges them) for the sources on, and `"exec_ast"` (runs AND matches, the
+    evaluator's `executable_ast_accuracy`) when both are on.
     """
 
     def __init__(self, exec_on: bool, ast_on: bool, exec_timeout: float, workers: int):
@@ -209,4 +210,6 @@ class HostRewards:
         if self.ast_on:
             out["ast"] = np.array([ast_match.match_response(t, r, self._db(r["hub"])).correct
                                    for t, r in zip(texts, records)], np.float32)
+        if self.exec_on and self.ast_on:
+            out["exec_ast"] = out["exec"] * out["ast"]
         return out
