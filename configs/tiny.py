@@ -4,9 +4,9 @@ Data: the Hugging Face APIBench records (seeded 80/10/10 split) plus TorchHub tr
 for validation); TorchHub eval is a second test set. Tokenizer: a byte-level BPE trained on the
 training split. The whole pipeline is sized for about 15 minutes on 2 CPU cores: SFT (300 steps),
 4 candidates for each of 128 training prompts, labels by the offline reference judge, a reward
-model (80 steps of 8 pairs), PPO (10 iterations of 32 prompts, reward = RM score + 5 when the
-rollout's code runs, fixed KL coefficient 0.2), then greedy evaluation of the test split from SFT
-and from PPO.
+model (80 steps of 8 pairs), PPO (10 iterations of 32 prompts sampled at temperature 0.7,
+reward = RM score + 5 when the rollout's code runs, fixed KL coefficient 0.2), then greedy
+evaluation of the test split from SFT and from PPO.
 
     rlaif-jax run --config=configs/tiny.py --workdir runs/tiny
 """
@@ -44,11 +44,14 @@ def get_config(arg=None):
     c.ppo.max_new_tokens = 256
     c.ppo.lr = 5e-5
     c.ppo.critic_lr = 1e-4
-    # Hybrid reward: RM score + 5 when the rollout's code runs. Chosen on the validation split
-    # (seed 0): weight 1 let PPO collapse onto code that drops the model argument (executability
-    # 25.7% -> 2.3%); weight 5 gave 25.7% -> 46.3% with AST accuracy 34.9% -> 37.7%, but that
-    # gain most likely came from a sandbox gap since closed (torch.load of a hub id "ran"). On
-    # the test split over 3 seeds it does not beat SFT: see the README's pipeline section.
+    # Hybrid reward: RM score + 5 when the rollout's code runs, rollouts at temperature 0.7.
+    # Chosen on the validation split over seeds 0-2 (same SFT and reward models; README's
+    # pipeline section): at temperature 1 only 0-9% of rollouts run, so the bonus hardly fires
+    # and greedy executability fell; at 0.7 it rose on every seed (mean +60.9 pt, AST +14.4 pt),
+    # by converging on ONE runnable TorchHub program for every question (distinct_code 0.02-0.03).
+    # exec_ast_weight=5 instead of exec_weight (reward only code that runs AND is the right API)
+    # kept more diversity but gained less (+15.4 pt exec, +0.4 pt runs-and-matches).
+    c.ppo.temperature = 0.7
     c.ppo.exec_weight = 5.0
     # A fixed, firm KL penalty: with the adaptive controller (target 6 nats) the policy drifted
     # to one template the reward model liked (measured on the validation split, see README).
