@@ -22,14 +22,14 @@ KV cache layout (see :func:`init_cache`)::
 A call with a cache writes its ``T`` new tokens at slots ``[index, index + T)``
 and returns the cache with ``index + T``; slot numbers are independent of the
 position ids, so left-padded prompts can be prefilled in one call. The new rows
-are written into the ``[L,B,S,H,Dh]`` arrays in place (no per-layer copies), and
-single-token calls use a decode-specific attention (see ``_DECODE_WINDOWS``).
+are written into the ``[L,B,S,H,Dh]`` arrays in place (no per-layer copies). The attention
+core (block-causal for multi-token calls, a decode-specific one for single tokens) is
+:mod:`rlaif_jax.models.attention`, shared with the Llama family.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, NamedTuple
 
@@ -37,13 +37,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rlaif_jax.models.attention import attend, decode_attend, weights_dropout
+from rlaif_jax.models.attention import decode_widths as _decode_widths  # noqa: F401  (used by tests)
+
 Array = jax.Array
 Cache = dict[str, Array]
 
 INIT_STD = 0.02
-# Finite "minus infinity" for masked attention scores: a fully masked row gives a
-# uniform (finite) softmax instead of NaNs.
-MASK_VALUE = -1e30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,64 +195,14 @@ def _layer_norm(config: GPT2Config, name: str) -> nn.LayerNorm:
     )
 
 
-# Single-token decoding (T == 1 with a cache) has its own attention code, exact up
-# to float rounding; the einsums of the general path are slow there on XLA:CPU:
-#  * A dot with batch dims (b, h) makes XLA transpose ``k``/``v`` so that h is major,
-#    copying the whole cache slice of every layer at every step. The single query
-#    is instead multiplied with the cache in its own layout, as [B, S*H, Dh]
-#    matrices, and only the head-diagonal entries are kept (H times the FLOPs,
-#    negligible for one query).
-#  * Only the slots before the query's own (``index + 1``) can be attended, so the
-#    matmuls read just the first ``width`` slots, for the smallest of a few static
-#    widths (``_DECODE_WINDOWS``) that covers them, picked by ``lax.switch``. The
-#    skipped slots are causally masked; scores and softmax still span all S slots.
-_DECODE_WINDOWS = 8
-
-
-def _decode_widths(max_len: int) -> list[int]:
-    """The static attention widths for decoding: at most ``_DECODE_WINDOWS``, a
-    multiple of 8 apart, the last one ``max_len``."""
-    step = -(-max_len // (8 * _DECODE_WINDOWS)) * 8
-    return list(range(step, max_len, step)) + [max_len]
-
-
-def _decode_scores(q, cache_k, layer, width):
-    """``einsum("bqhd,bkhd->bhqk", q, cache_k[layer])`` (float32) for one query; [B,H,1,S].
-
-    Only slots ``< width`` are computed; the rest are set to ``MASK_VALUE``.
-    """
-    B, _, H, Dh = q.shape
-    S = cache_k.shape[2]
-    k = cache_k[layer, :, :width].reshape(B, width * H, Dh)
-    pairs = jnp.einsum("bnd,bhd->bnh", k, q[:, 0], preferred_element_type=jnp.float32)
-    same_head = jnp.eye(H, dtype=jnp.bool_)  # [key head, query head]
-    scores = jnp.sum(jnp.where(same_head, pairs.reshape(B, width, H, H), 0.0), axis=2)  # exact: adds zeros
-    scores = scores.transpose(0, 2, 1)[:, :, None, :]
-    return jnp.pad(scores, ((0, 0), (0, 0), (0, 0), (0, S - width)), constant_values=MASK_VALUE)
-
-
-def _decode_values(probs, cache_v, layer, width):
-    """``einsum("bhqk,bkhd->bqhd", probs, cache_v[layer])`` for one query over slots ``< width``.
-
-    ``probs`` [B,H,1,S] are spread to [B, H, width*H] (zero unless the value head is
-    the query head) and multiplied with the values viewed as [B, width*H, Dh].
-    """
-    B, H, _, _ = probs.shape
-    Dh = cache_v.shape[-1]
-    same_head = jnp.eye(H, dtype=jnp.bool_)  # [query head, value head]
-    spread = jnp.where(same_head[:, None, :], probs[:, :, 0, :width, None], 0).reshape(B, H, width * H)
-    v = cache_v[layer, :, :width].reshape(B, width * H, Dh)
-    return jnp.einsum("bhn,bnd->bhd", spread, v)[:, None]
-
-
 class GPT2Attention(nn.Module):
     """Causal multi-head self-attention with an optional KV cache."""
 
     config: GPT2Config
 
     @nn.compact
-    def __call__(self, x, mask, layer_cache, deterministic):
-        """``mask`` [B,1,T,S] bool; ``layer_cache`` None or ``(k, v, layer, index)``.
+    def __call__(self, x, key_valid, layer_cache, deterministic):
+        """``key_valid`` [B,S] bool; ``layer_cache`` None or ``(k, v, layer, index)``.
 
         ``k``/``v`` are the WHOLE cache arrays [L,B,S,H,Dh] (not this layer's
         slice): the ``T`` new keys/values are written straight into them at
@@ -266,34 +216,21 @@ class GPT2Attention(nn.Module):
         resid_std = INIT_STD / math.sqrt(2 * cfg.n_layer)
         qkv = _dense(cfg, 3 * cfg.n_embd, "c_attn")(x)
         q, k, v = (t.reshape(B, T, cfg.n_head, cfg.head_dim) for t in jnp.split(qkv, 3, axis=-1))
+        scale = 1 / math.sqrt(cfg.head_dim)
+        drop = weights_dropout(cfg.dropout, deterministic)
         new_layer_cache = None
-        if layer_cache is not None:
+        if layer_cache is None:
+            out = attend(q, k, v, key_valid, scale=scale, dropout=drop)
+        else:
             cache_k, cache_v, layer, index = layer_cache
             start = (layer, 0, index, 0, 0)
             cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
             cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
             new_layer_cache = (cache_k, cache_v)
-        decoding = layer_cache is not None and T == 1  # see _DECODE_WINDOWS
-        if decoding:
-            widths = _decode_widths(cache_k.shape[2])
-            branch = jnp.sum(jnp.asarray(widths) < index + 1)  # smallest width covering the query's slot
-            scores = jax.lax.switch(
-                branch, [functools.partial(_decode_scores, layer=layer, width=w) for w in widths], q, cache_k
-            )
-        else:
-            if layer_cache is not None:
-                k, v = cache_k[layer], cache_v[layer]  # [B,S,H,Dh], including the new rows
-            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-        scores = scores / math.sqrt(cfg.head_dim)
-        scores = jnp.where(mask, scores, MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
-        probs = nn.Dropout(cfg.dropout)(probs, deterministic=deterministic)
-        if decoding:
-            out = jax.lax.switch(
-                branch, [functools.partial(_decode_values, layer=layer, width=w) for w in widths], probs, cache_v
-            )
-        else:
-            out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+            if T == 1:
+                out = decode_attend(q, cache_k, cache_v, layer, index, key_valid, scale=scale, dropout=drop)
+            else:
+                out = attend(q, cache_k[layer], cache_v[layer], key_valid, q_offset=index, scale=scale, dropout=drop)
         out = _dense(cfg, cfg.n_embd, "c_proj", resid_std)(out.reshape(B, T, cfg.n_embd))
         out = nn.Dropout(cfg.dropout)(out, deterministic=deterministic)
         return out, new_layer_cache
@@ -319,9 +256,9 @@ class GPT2Block(nn.Module):
     config: GPT2Config
 
     @nn.compact
-    def __call__(self, x, mask, layer_cache, deterministic):
+    def __call__(self, x, key_valid, layer_cache, deterministic):
         attn_out, new_layer_cache = GPT2Attention(self.config, name="attn")(
-            _layer_norm(self.config, "ln_1")(x), mask, layer_cache, deterministic
+            _layer_norm(self.config, "ln_1")(x), key_valid, layer_cache, deterministic
         )
         x = x + attn_out
         x = x + GPT2MLP(self.config, name="mlp")(_layer_norm(self.config, "ln_2")(x), deterministic)
@@ -360,8 +297,7 @@ class GPT2Trunk(nn.Module):
             attention_mask = jnp.ones((B, kv_len), jnp.bool_)
         if attention_mask.shape != (B, kv_len):
             raise ValueError(f"attention_mask shape {attention_mask.shape} != {(B, kv_len)}")
-        causal = jnp.arange(kv_len)[None, :] <= q_slots[:, None]  # [T, S]
-        mask = causal[None, None] & attention_mask.astype(jnp.bool_)[:, None, None, :]  # [B,1,T,S]
+        key_valid = attention_mask.astype(jnp.bool_)  # the causal part is the attention's
 
         x = self.wte(input_ids) + self.wpe(positions)
         x = self.drop(x, deterministic=deterministic)
@@ -370,7 +306,7 @@ class GPT2Trunk(nn.Module):
         cache_k, cache_v = (None, None) if cache is None else (cache["k"], cache["v"])
         for i, block in enumerate(self.h):
             layer_cache = None if cache is None else (cache_k, cache_v, i, offset)
-            x, new_layer_cache = block(x, mask, layer_cache, deterministic)
+            x, new_layer_cache = block(x, key_valid, layer_cache, deterministic)
             if cache is not None:
                 cache_k, cache_v = new_layer_cache
         hidden = self.ln_f(x)

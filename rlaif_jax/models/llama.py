@@ -42,14 +42,14 @@ sampler, losses and stages work with either family.
 KV cache: the same dict and calling convention as GPT-2 (``{"k", "v": [L, B, S, Hc, Dh],
 "index"}``, new tokens written at ``[index, index + T)``). :func:`init_cache` allocates the compact
 ``Hc = n_kv_head`` layout; a cache from ``gpt2.init_cache`` (``Hc = n_head``) also works, the keys
-and values are then stored once per query head. Single-token decoding uses the grouped analogue
-of GPT-2's decode attention (see ``gpt2._DECODE_WINDOWS``).
+and values are then stored once per query head. The attention core (grouped-query, block-causal
+for multi-token calls, a decode-specific one for single tokens) is GPT-2's, in
+:mod:`rlaif_jax.models.attention`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
@@ -58,7 +58,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlaif_jax.models.gpt2 import INIT_STD, MASK_VALUE, ModelOutput, ScalarHead, _decode_widths
+from rlaif_jax.models.attention import attend, decode_attend, weights_dropout
+from rlaif_jax.models.gpt2 import INIT_STD, ModelOutput, ScalarHead
 
 Array = jax.Array
 Cache = dict[str, Array]
@@ -309,34 +310,6 @@ def _rms_norm(config: LlamaConfig, name: str) -> RMSNorm:
     return RMSNorm(config.rms_norm_eps, config.compute_dtype, config.params_dtype, name=name)
 
 
-def _same_group(n_query: int, n_cache: int) -> Array:
-    """[n_cache, n_query] bool: cache head ``c`` serves query head ``h`` (``h // groups == c``)."""
-    groups = n_query // n_cache
-    return (jnp.arange(n_query)[None, :] // groups) == jnp.arange(n_cache)[:, None]
-
-
-def _decode_scores(q, cache_k, layer, width):
-    """Grouped ``gpt2._decode_scores``: [B, H, 1, S] float32 scores of one query over slots < width."""
-    B, _, H, Dh = q.shape
-    S, Hc = cache_k.shape[2], cache_k.shape[3]
-    k = cache_k[layer, :, :width].reshape(B, width * Hc, Dh)
-    pairs = jnp.einsum("bnd,bhd->bnh", k, q[:, 0], preferred_element_type=jnp.float32)
-    own = _same_group(H, Hc)  # [cache head, query head]
-    scores = jnp.sum(jnp.where(own, pairs.reshape(B, width, Hc, H), 0.0), axis=2)  # exact: adds zeros
-    scores = scores.transpose(0, 2, 1)[:, :, None, :]
-    return jnp.pad(scores, ((0, 0), (0, 0), (0, 0), (0, S - width)), constant_values=MASK_VALUE)
-
-
-def _decode_values(probs, cache_v, layer, width):
-    """Grouped ``gpt2._decode_values``: [B, 1, H, Dh] for one query over slots < width."""
-    B, H, _, _ = probs.shape
-    Hc, Dh = cache_v.shape[3], cache_v.shape[4]
-    own = _same_group(H, Hc).T  # [query head, cache head]
-    spread = jnp.where(own[:, None, :], probs[:, :, 0, :width, None], 0).reshape(B, H, width * Hc)
-    v = cache_v[layer, :, :width].reshape(B, width * Hc, Dh)
-    return jnp.einsum("bhn,bnd->bhd", spread, v)[:, None]
-
-
 class LlamaAttention(nn.Module):
     """Causal grouped-query self-attention with rotary embeddings and an optional KV cache.
 
@@ -349,7 +322,7 @@ class LlamaAttention(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x, mask, rope, layer_cache, deterministic):
+    def __call__(self, x, key_valid, rope, layer_cache, deterministic):
         cfg = self.config
         B, T, _ = x.shape
         H, Hkv, Dh = cfg.n_head, cfg.n_kv_head, cfg.head_dim
@@ -368,31 +341,14 @@ class LlamaAttention(nn.Module):
             cache_k = jax.lax.dynamic_update_slice(cache_k, for_cache[0], start)
             cache_v = jax.lax.dynamic_update_slice(cache_v, for_cache[1], start)
             new_layer_cache = (cache_k, cache_v)
-        decoding = layer_cache is not None and T == 1  # see gpt2._DECODE_WINDOWS
-        if decoding:
-            widths = _decode_widths(cache_k.shape[2])
-            branch = jnp.sum(jnp.asarray(widths) < index + 1)
-            scores = jax.lax.switch(
-                branch, [functools.partial(_decode_scores, layer=layer, width=w) for w in widths], q, cache_k
-            )
+        scale = Dh**-0.5
+        drop = weights_dropout(cfg.dropout, deterministic)
+        if layer_cache is None:
+            out = attend(q, k, v, key_valid, scale=scale, dropout=drop)
+        elif T == 1:
+            out = decode_attend(q, cache_k, cache_v, layer, index, key_valid, scale=scale, dropout=drop)
         else:
-            if layer_cache is not None:
-                k, v = cache_k[layer], cache_v[layer]  # [B,S,Hc,Dh], including the new rows
-            Hc = k.shape[2]
-            qg = q.reshape(B, T, Hc, H // Hc, Dh)
-            scores = jnp.einsum("bqcgd,bkcd->bcgqk", qg, k, preferred_element_type=jnp.float32)
-            scores = scores.reshape(B, H, T, k.shape[1])
-        scores = scores * Dh**-0.5
-        scores = jnp.where(mask, scores, MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
-        probs = nn.Dropout(cfg.dropout)(probs, deterministic=deterministic)
-        if decoding:
-            out = jax.lax.switch(
-                branch, [functools.partial(_decode_values, layer=layer, width=w) for w in widths], probs, cache_v
-            )
-        else:
-            pg = probs.reshape(B, Hc, H // Hc, T, k.shape[1])
-            out = jnp.einsum("bcgqk,bkcd->bqcgd", pg, v)
+            out = attend(q, cache_k[layer], cache_v[layer], key_valid, q_offset=index, scale=scale, dropout=drop)
         out = _dense(cfg, cfg.n_embd, "o_proj", cfg.o_bias)(out.reshape(B, T, H * Dh))
         return out, new_layer_cache
 
@@ -416,9 +372,9 @@ class LlamaBlock(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x, mask, rope, layer_cache, deterministic):
+    def __call__(self, x, key_valid, rope, layer_cache, deterministic):
         attn_out, new_layer_cache = LlamaAttention(self.config, name="self_attn")(
-            _rms_norm(self.config, "input_layernorm")(x), mask, rope, layer_cache, deterministic
+            _rms_norm(self.config, "input_layernorm")(x), key_valid, rope, layer_cache, deterministic
         )
         x = x + attn_out
         x = x + LlamaMLP(self.config, name="mlp")(_rms_norm(self.config, "post_attention_layernorm")(x))
@@ -461,15 +417,14 @@ class LlamaTrunk(nn.Module):
             attention_mask = jnp.ones((B, kv_len), jnp.bool_)
         if attention_mask.shape != (B, kv_len):
             raise ValueError(f"attention_mask shape {attention_mask.shape} != {(B, kv_len)}")
-        causal = jnp.arange(kv_len)[None, :] <= q_slots[:, None]
-        mask = causal[None, None] & attention_mask.astype(jnp.bool_)[:, None, None, :]
+        key_valid = attention_mask.astype(jnp.bool_)  # the causal part is the attention's
         rope = rope_tables(self.config, positions)
 
         x = self.embed_tokens(input_ids)
         cache_k, cache_v = (None, None) if cache is None else (cache["k"], cache["v"])
         for i, block in enumerate(self.layers):
             layer_cache = None if cache is None else (cache_k, cache_v, i, offset)
-            x, new_layer_cache = block(x, mask, rope, layer_cache, deterministic)
+            x, new_layer_cache = block(x, key_valid, rope, layer_cache, deterministic)
             if cache is not None:
                 cache_k, cache_v = new_layer_cache
         hidden = self.norm(x)
