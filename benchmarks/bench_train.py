@@ -489,7 +489,8 @@ def notes(peaks, steps, variants, profile=None) -> list[str]:
         "counted, attention over all T keys); MFU = model FLOP/s / jnp.dot peak measured in the "
         "same run, same dtype.",
         "PyTorch runs transformers' GPT2LMHeadModel with its default attention (sdpa); "
-        "rlaif_jax builds the [B,1,T,T] mask and materialises fp32 attention scores.",
+        "rlaif_jax runs its block-causal attention (models/attention.py): fp32 scores per block "
+        "of 128 queries over the keys up to the block's end, no mask array.",
     ]
     flags = common.cpu_flags()
     sq = peaks["square"]
