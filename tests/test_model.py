@@ -13,10 +13,10 @@ from rlaif_jax.models.gpt2 import (
     GPT2LMHeadModel,
     ModelOutput,
     RewardModel,
-    _decode_widths,
     count_params,
     init_cache,
 )
+from rlaif_jax.models.attention import decode_widths
 from rlaif_jax.models.hf_names import from_hf_state_dict, to_hf_state_dict
 from rlaif_jax.sampling import positions_from_mask
 
@@ -212,7 +212,7 @@ def test_decoding_across_attention_windows(params, dtype):
     cfg = dataclasses.replace(CFG, dtype=dtype)
     model = GPT2LMHeadModel(cfg)
     max_len, n = 64, 50
-    assert len(_decode_widths(max_len)) == 8 and _decode_widths(max_len)[-1] == max_len
+    assert len(decode_widths(max_len)) == 8 and decode_widths(max_len)[-1] == max_len
     ids = _ids(11, (B, n))
     mask = np.ones((B, n), np.int32)
     mask[1, :4] = 0  # left padding

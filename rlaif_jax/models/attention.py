@@ -191,3 +191,41 @@ def decode_attend(
     return jax.lax.switch(
         branch, [functools.partial(_decode_values, layer=layer, width=w) for w in widths], probs, cache_v
     )
+
+
+def cached_attend(
+    q: Array,
+    k: Array,
+    v: Array,
+    key_valid: Array,
+    layer_cache: tuple | None,
+    *,
+    scale: float,
+    dropout: Callable[[Array], Array] | None = None,
+) -> tuple[Array, tuple[Array, Array] | None]:
+    """One attention layer's core with an optional KV cache: ``(out [B, T, H, Dh], new cache)``.
+
+    ``layer_cache`` is None (training / scoring: :func:`attend` over ``k``/``v``) or
+    ``(cache_k, cache_v, layer, index)`` with the WHOLE cache arrays [L, B, S, Hc, Dh]: the ``T``
+    new keys/values (``Hkv`` heads, repeated to the cache's ``Hc``) are written in place at
+    slots ``[index, index + T)`` of ``layer``, then one query decodes with
+    :func:`decode_attend` and several attend over the cache with :func:`attend`.
+    """
+    if layer_cache is None:
+        return attend(q, k, v, key_valid, scale=scale, dropout=dropout), None
+    cache_k, cache_v, layer, index = layer_cache
+    H, Hkv, Hc = q.shape[2], k.shape[2], cache_k.shape[3]
+    if Hc % Hkv or H % Hc:
+        raise ValueError(f"cache has {Hc} heads; need a multiple of {Hkv} key/value heads "
+                         f"dividing {H} query heads")
+    start = (layer, 0, index, 0, 0)
+    if Hc != Hkv:
+        k, v = (jnp.repeat(t, Hc // Hkv, axis=2) for t in (k, v))
+    cache_k, cache_v = (jax.lax.dynamic_update_slice(cache, t[None].astype(cache.dtype), start)
+                        for cache, t in ((cache_k, k), (cache_v, v)))
+    if q.shape[1] == 1:
+        out = decode_attend(q, cache_k, cache_v, layer, index, key_valid, scale=scale, dropout=dropout)
+    else:
+        out = attend(q, cache_k[layer], cache_v[layer], key_valid, q_offset=index, scale=scale,
+                     dropout=dropout)
+    return out, (cache_k, cache_v)

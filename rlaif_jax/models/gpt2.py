@@ -37,8 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rlaif_jax.models.attention import attend, decode_attend, weights_dropout
-from rlaif_jax.models.attention import decode_widths as _decode_widths  # noqa: F401  (used by tests)
+from rlaif_jax.models.attention import cached_attend, weights_dropout
 
 Array = jax.Array
 Cache = dict[str, Array]
@@ -216,21 +215,9 @@ class GPT2Attention(nn.Module):
         resid_std = INIT_STD / math.sqrt(2 * cfg.n_layer)
         qkv = _dense(cfg, 3 * cfg.n_embd, "c_attn")(x)
         q, k, v = (t.reshape(B, T, cfg.n_head, cfg.head_dim) for t in jnp.split(qkv, 3, axis=-1))
-        scale = 1 / math.sqrt(cfg.head_dim)
-        drop = weights_dropout(cfg.dropout, deterministic)
-        new_layer_cache = None
-        if layer_cache is None:
-            out = attend(q, k, v, key_valid, scale=scale, dropout=drop)
-        else:
-            cache_k, cache_v, layer, index = layer_cache
-            start = (layer, 0, index, 0, 0)
-            cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
-            cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
-            new_layer_cache = (cache_k, cache_v)
-            if T == 1:
-                out = decode_attend(q, cache_k, cache_v, layer, index, key_valid, scale=scale, dropout=drop)
-            else:
-                out = attend(q, cache_k[layer], cache_v[layer], key_valid, q_offset=index, scale=scale, dropout=drop)
+        out, new_layer_cache = cached_attend(q, k, v, key_valid, layer_cache,
+                                             scale=1 / math.sqrt(cfg.head_dim),
+                                             dropout=weights_dropout(cfg.dropout, deterministic))
         out = _dense(cfg, cfg.n_embd, "c_proj", resid_std)(out.reshape(B, T, cfg.n_embd))
         out = nn.Dropout(cfg.dropout)(out, deterministic=deterministic)
         return out, new_layer_cache

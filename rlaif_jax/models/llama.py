@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlaif_jax.models.attention import attend, decode_attend, weights_dropout
+from rlaif_jax.models.attention import cached_attend, weights_dropout
 from rlaif_jax.models.gpt2 import INIT_STD, ModelOutput, ScalarHead
 
 Array = jax.Array
@@ -330,25 +330,8 @@ class LlamaAttention(nn.Module):
         k = _dense(cfg, Hkv * Dh, "k_proj", cfg.qkv_bias)(x).reshape(B, T, Hkv, Dh)
         v = _dense(cfg, Hkv * Dh, "v_proj", cfg.qkv_bias)(x).reshape(B, T, Hkv, Dh)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        new_layer_cache = None
-        if layer_cache is not None:
-            cache_k, cache_v, layer, index = layer_cache
-            Hc = cache_k.shape[3]
-            if Hc % Hkv or H % Hc:
-                raise ValueError(f"cache has {Hc} heads; need a multiple of n_kv_head={Hkv} dividing n_head={H}")
-            start = (layer, 0, index, 0, 0)
-            for_cache = [jnp.repeat(t, Hc // Hkv, axis=2)[None].astype(cache_k.dtype) for t in (k, v)]
-            cache_k = jax.lax.dynamic_update_slice(cache_k, for_cache[0], start)
-            cache_v = jax.lax.dynamic_update_slice(cache_v, for_cache[1], start)
-            new_layer_cache = (cache_k, cache_v)
-        scale = Dh**-0.5
-        drop = weights_dropout(cfg.dropout, deterministic)
-        if layer_cache is None:
-            out = attend(q, k, v, key_valid, scale=scale, dropout=drop)
-        elif T == 1:
-            out = decode_attend(q, cache_k, cache_v, layer, index, key_valid, scale=scale, dropout=drop)
-        else:
-            out = attend(q, cache_k[layer], cache_v[layer], key_valid, q_offset=index, scale=scale, dropout=drop)
+        out, new_layer_cache = cached_attend(q, k, v, key_valid, layer_cache, scale=Dh**-0.5,
+                                             dropout=weights_dropout(cfg.dropout, deterministic))
         out = _dense(cfg, cfg.n_embd, "o_proj", cfg.o_bias)(out.reshape(B, T, H * Dh))
         return out, new_layer_cache
 
