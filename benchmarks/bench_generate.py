@@ -25,7 +25,10 @@ median time over ``new_tokens`` (the prefill amortised in). ``greedy same`` is t
 tokens identical on both sides (a sanity check that both ran the same model; float32 rounding can
 flip a near-tie, after which a row diverges). Per batch size the script also times each side's
 "matmul floor": the decode step's weight matmuls alone (``matmul_floor``), which bounds the ratio
-any sampler on XLA's matmuls could reach (see the notes written with the result).
+any sampler on XLA's matmuls could reach (see the notes written with the result). One greedy
+batch (``--profile-batch``, default 8) is also traced with ``jax.profiler``: its XLA kernel time
+per decode step by part of the step (weight matmuls, LM head, attention over the cache, layer
+norms, token choice, prefill), the kernels per step, and the untraced step time beside them.
 
 ``--quick`` is a smoke run (tiny size, batch 8 greedy and sampled, 16 new tokens, one repeat).
 """
@@ -100,7 +103,8 @@ def run_ours(model, params, ids, mask, n_new: int, greedy: bool, top_p: float, r
     lengths = np.asarray(out["lengths"])
     if not (lengths == n_new).all():
         raise RuntimeError(f"ours generated {lengths.tolist()} tokens, expected {n_new} per row")
-    return timing, compile_s, np.asarray(out["tokens"])
+    call.hlo_text = lambda: generate.lower(params, ids, mask, jax.random.key(0)).compile().as_text()
+    return timing, compile_s, np.asarray(out["tokens"]), call
 
 
 def run_hf(hf, ids, mask, n_new: int, greedy: bool, top_p: float, repeats: int):
@@ -165,8 +169,43 @@ def matmul_floor(hf, params, batch: int, repeats: int, steps: int = 16) -> tuple
     return 1e3 * ours["median_s"] / steps, 1e3 * theirs["median_s"] / steps
 
 
+# Parts of a decode step, by the op_name of each XLA kernel (first match wins).
+DECODE_PARTS = (
+    ("LM head", ("lm_logits",)),
+    ("weight matmuls (c_attn, c_proj, c_fc)", ("/c_attn/", "/c_proj/", "/c_fc/")),
+    ("attention over the KV cache (write, scores, softmax, values)", ("/attn/",)),
+    ("layer norms", ("/ln_",)),
+    ("MLP activation, residual adds", ("/mlp/", "/transformer/h_")),
+)
+
+
+def decode_profile(call, n_new: int, step_ms: float, trace_dir: str) -> tuple[list, dict]:
+    """XLA kernel time per decode step by part of the step (`call`: a compiled, warmed-up
+    generate), from a jax.profiler trace: (rows [part, ms/step, share, kernels/step], totals).
+    The loop body runs `n_new - 1` times (the first token comes from the prefill's logits); the
+    prefill's kernels are spread over the `n_new` tokens."""
+    import collections
+
+    ms, runs = collections.Counter(), collections.Counter()
+    for _, op, kernel_ms, kernel_runs in common.xla_kernel_ms(call, call.hlo_text(), trace_dir):
+        if "/while/body/" not in op:
+            part, per = "prefill + setup (once per call, amortised)", n_new
+        else:
+            part = next((name for name, keys in DECODE_PARTS if any(k in op for k in keys)),
+                        "token choice + loop bookkeeping")
+            per = max(n_new - 1, 1)
+        ms[part] += kernel_ms / per
+        runs[part] += kernel_runs / per
+    total = sum(ms.values())
+    rows = [[part, round(t, 3), round(t / total, 3), round(runs[part], 1)]
+            for part, t in ms.most_common()]
+    rows.append(["sum of kernels (traced)", round(total, 3), 1.0, round(sum(runs.values()), 1)])
+    rows.append(["step wall time (untraced median)", round(step_ms, 3), round(step_ms / total, 3), "-"])
+    return rows, {"kernel_ms": total, "kernels": sum(runs.values()), "parts": dict(ms)}
+
+
 def bench_size(size: str, batches, sample_batches, prompt_len: int, n_new: int, top_p: float,
-               repeats: int):
+               repeats: int, profile_batch: int | None):
     with tempfile.TemporaryDirectory() as tmp:
         hf, model, params = build_models(size, tmp)
     cfg = model.config
@@ -175,12 +214,17 @@ def bench_size(size: str, batches, sample_batches, prompt_len: int, n_new: int, 
     # Matmul parameters (the four matrices of each block + the tied LM head): 2 FLOPs each per
     # generated token, and 4 bytes each read per decode step (attention over ~100 keys adds ~2%).
     matmul_params = 12 * cfg.n_layer * cfg.n_embd ** 2 + cfg.vocab_size * cfg.n_embd
-    rows, ratios = [], {}
+    rows, ratios, profile = [], {}, None
     for batch in batches:
         ids, mask = prompts(batch, prompt_len, cfg.vocab_size, seed=batch)
         floor_xla, floor_torch = matmul_floor(hf, params, batch, repeats)
         for greedy in [True] + ([False] if batch in sample_batches else []):
-            ours, compile_s, our_tokens = run_ours(model, params, ids, mask, n_new, greedy, top_p, repeats)
+            ours, compile_s, our_tokens, call = run_ours(model, params, ids, mask, n_new, greedy,
+                                                         top_p, repeats)
+            if greedy and batch == profile_batch:
+                with tempfile.TemporaryDirectory() as trace_dir:
+                    profile = decode_profile(call, n_new, 1e3 * ours["median_s"] / n_new, trace_dir)
+                profile[1].update(batch=batch, floor_ms=floor_xla)
             theirs, hf_tokens = run_hf(hf, ids, mask, n_new, greedy, top_p, repeats)
             ours_tps = batch * n_new / ours["median_s"]
             hf_tps = batch * n_new / theirs["median_s"]
@@ -206,7 +250,33 @@ def bench_size(size: str, batches, sample_batches, prompt_len: int, n_new: int, 
                          "XLA matmul floor ms/step", "torch matmul floor ms/step", "ratio bound",
                          "new tokens (ours / transformers)", "greedy same"],
              "rows": rows}
-    return table, ratios
+    tables = [table]
+    if profile is not None:
+        tables.append({"title": f"{size}: where a decode step goes (batch {profile[1]['batch']} "
+                                "greedy, XLA kernel time from a jax.profiler trace)",
+                       "columns": ["part", "ms/step", "share", "kernels/step"], "rows": profile[0]})
+    return tables, ratios, (profile[1] if profile else None)
+
+
+def profile_notes(profiles: dict) -> list[str]:
+    """What the decode-step profiles say bounds each size."""
+    notes = []
+    for size, prof in profiles.items():
+        if not prof:
+            continue
+        parts = prof["parts"]
+        matmul = sum(v for k, v in parts.items() if k.startswith(("LM head", "weight matmuls")))
+        attention = sum(v for k, v in parts.items() if k.startswith("attention"))
+        rest = prof["kernel_ms"] - matmul - attention
+        notes.append(
+            f"{size}, batch {prof['batch']} greedy, profile: {prof['kernels']:.0f} XLA kernels per "
+            f"decode step, {prof['kernel_ms']:.2f} ms of kernel time (traced): weight matmuls + LM "
+            f"head {matmul:.2f} ms ({matmul / prof['kernel_ms']:.0%}; the same matmuls alone, "
+            f"untraced, in a loop of nothing else: {prof['floor_ms']:.2f} ms), attention over the "
+            f"cache {attention:.2f} ms ({attention / prof['kernel_ms']:.0%}), everything else "
+            f"{rest:.2f} ms ({rest / prof['kernel_ms']:.0%}). Tracing adds a few microseconds per "
+            "kernel, so compare shares, and the wall time row for the untraced step.")
+    return notes
 
 
 def main(argv=None):
@@ -222,6 +292,8 @@ def main(argv=None):
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus for the sampling rows (both sides)")
     p.add_argument("--results-dir", type=pathlib.Path, default=common.RESULTS,
                    help="where generate.json goes (default benchmarks/results)")
+    p.add_argument("--profile-batch", type=int, default=8,
+                   help="batch size whose greedy decode step is profiled by part (0: none)")
     p.add_argument("--torch-threads", type=int, default=os.cpu_count(),
                    help="torch intra-op threads (default os.cpu_count())")
     args = p.parse_args(argv)
@@ -237,10 +309,12 @@ def main(argv=None):
     torch.set_num_threads(args.torch_threads)
     load_at_start = os.getloadavg()[0]
     tables, headline, targets = [], {}, []
+    profiles = {}
     for size in args.sizes:
-        table, ratios = bench_size(size, args.batches, args.sample_batches, args.prompt_len,
-                                   args.new_tokens, args.top_p, args.repeats)
-        tables.append(table)
+        size_tables, ratios, profiles[size] = bench_size(
+            size, args.batches, args.sample_batches, args.prompt_len, args.new_tokens, args.top_p,
+            args.repeats, args.profile_batch)
+        tables.extend(size_tables)
         for (batch, decoding), ratio in ratios.items():
             headline[f"{size}_b{batch}_{decoding.split()[0]}_ratio"] = round(ratio, 2)
         if (8, "greedy") in ratios:
@@ -270,6 +344,7 @@ def main(argv=None):
         "sampler could reach against transformers if its step were nothing but these matmuls; "
         "ours ms/step / XLA floor is our own overhead (attention, norms, sampling, loop).",
     ]
+    notes.extend(profile_notes(profiles))
     if load_at_start > 0.5 * os.cpu_count():
         notes.append(f"The machine was busy (1-min load average {load_at_start:.1f} at the start on "
                      f"{os.cpu_count()} cores): torch's OpenMP threads slow down far more than XLA's "

@@ -450,8 +450,9 @@ def compare(spec: Spec, ours: dict, trl: dict | None) -> dict:
     return out
 
 
-def notes_for(spec: Spec, cmp: dict, cached: bool) -> list[str]:
-    """What the measurement shows about where each side's time goes (computed, per size)."""
+def notes_for(spec: Spec, cmp: dict, cached: bool, peak: float | None = None) -> list[str]:
+    """What the measurement shows about where each side's time goes (computed, per size);
+    `peak`: the machine's fp32 matmul FLOP/s, measured in the same run (None: not measured)."""
     o = cmp["ours"]
     compile_s = max(o["first_s"] - o["total_s"], 0)
     notes = [f"{spec.size}: ours {o['rollout_s'] / o['total_s']:.0%} rollout (generate + score) "
@@ -473,6 +474,17 @@ def notes_for(spec: Spec, cmp: dict, cached: bool) -> list[str]:
         f"{3 * spec.epochs * spec.batch * (spec.prompt_len + spec.response_len):,} token-passes "
         "of policy + critic in the update. The ratio is (our GFLOP/s / TRL's) x (TRL's FLOPs / "
         "ours): past the per-step overheads, both sides spend their time in the same matmuls.")
+    if cmp.get("trl") and peak:
+        need = flops["ours"] / (cmp["trl"]["total_s"] / TARGET_RATIO)
+        ours_rate, trl_rate = (flops[side] / cmp[key]["total_s"]
+                               for side, key in (("ours", "ours"), ("trl", "trl")))
+        notes.append(
+            f"{spec.size}: {TARGET_RATIO:g}x TRL means {cmp['trl']['total_s'] / TARGET_RATIO:.2f} s "
+            f"per iteration, i.e. our {flops['ours'] / 1e9:.0f} GFLOP of matmuls at "
+            f"{need / 1e9:.0f} GFLOP/s = {need / peak:.0%} of this machine's fp32 matmul peak "
+            f"measured in the same run ({peak / 1e9:.0f} GFLOP/s, jnp.dot 2048^3), sustained "
+            f"over the whole iteration; ours runs at {ours_rate / 1e9:.0f} GFLOP/s "
+            f"({ours_rate / peak:.0%} of it), TRL at {trl_rate / 1e9:.0f} ({trl_rate / peak:.0%}).")
     return notes
 
 
@@ -533,8 +545,12 @@ def main(argv=None) -> dict:
             runs.append((spec, ours, trl))
             print(json.dumps({"size": spec.size, "ours_s": side_stats(ours)["total_s"],
                               "trl_s": side_stats(trl)["total_s"] if trl else None}), flush=True)
+    loads = (load_before, os.getloadavg()[0])
+    # The machine's fp32 matmul rate, after both sides' processes have exited: what a 3x
+    # iteration would have to sustain is quoted against it.
+    peak = common.jax_matmul_flops(2048, 2048, 2048, "float32", repeats=5)
     result = build_result(runs, quick=args.quick, compile_cache=args.compile_cache,
-                          trl_version=trl_version, loads=(load_before, os.getloadavg()[0]))
+                          trl_version=trl_version, loads=loads, peak=peak)
     path = common.write_result(args.out, result)
     print(f"wrote {path}")
     return result
@@ -555,13 +571,14 @@ def measure(spec: Spec, tokenizer, texts: list[str], directory: pathlib.Path, wi
 
 
 def build_result(runs: list[tuple[Spec, dict, dict | None]], *, quick: bool, compile_cache: bool,
-                 trl_version: str | None, loads: tuple[float, float]) -> dict:
+                 trl_version: str | None, loads: tuple[float, float],
+                 peak: float | None = None) -> dict:
     """The result record (benchmarks/common.py schema) of (spec, ours, trl or None) runs."""
     rows, times_rows, headline, targets, size_notes = [], [], {}, [], []
     for spec, ours, trl in runs:
         cmp = compare(spec, ours, trl)
         rows += cmp["rows"]
-        size_notes += notes_for(spec, cmp, compile_cache)
+        size_notes += notes_for(spec, cmp, compile_cache, peak)
         times_rows += [[spec.size, name, ", ".join(f"{it['total_s']:.3f}"
                                                     for it in res["iterations"])]
                        for name, res in (("rlaif_jax", ours), ("TRL", trl)) if res]
@@ -571,6 +588,11 @@ def build_result(runs: list[tuple[Spec, dict, dict | None]], *, quick: bool, com
             headline[f"{spec.size}_ratio"] = round(cmp["ratio"], 2)
             targets.append({"name": f"PPO iteration {spec.size}: x TRL", "target": TARGET_RATIO,
                             "value": round(cmp["ratio"], 2), "met": cmp["ratio"] >= TARGET_RATIO})
+            if peak:
+                need = iteration_flops(spec, "ours") * TARGET_RATIO / cmp["trl"]["total_s"]
+                headline[f"{spec.size}_target_needs_peak_share"] = round(need / peak, 2)
+    if peak:
+        headline["matmul_fp32_gflops"] = round(peak / 1e9, 1)
     s = runs[0][0]
     notes = [
         f"Per iteration: prompts of {s.prompt_len} tokens, {s.response_len} response tokens at "

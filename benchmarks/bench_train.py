@@ -86,19 +86,6 @@ def lm_head_matmuls(rows: int, n_embd: int, vocab: int) -> dict[str, tuple[int, 
 # --- matmul peak ---------------------------------------------------------------------------
 
 
-def jax_matmul_flops(m: int, k: int, n: int, dtype: str, repeats: int) -> float:
-    """FLOP/s of a jitted `jnp.dot` [m,k] x [k,n] in `dtype` (float32 accumulation for bf16)."""
-    import jax
-    import jax.numpy as jnp
-
-    rng = np.random.default_rng(0)
-    a = jnp.asarray(rng.standard_normal((m, k)), dtype)
-    b = jnp.asarray(rng.standard_normal((k, n)), dtype)
-    dot = jax.jit(jnp.dot)
-    t = common.median_time(lambda: dot(a, b).block_until_ready(), repeats=repeats)["median_s"]
-    return 2 * m * k * n / t
-
-
 def torch_matmul_flops(m: int, k: int, n: int, dtype: str, repeats: int) -> float:
     import torch
 
@@ -275,8 +262,8 @@ def child_variant(shape: dict, repeats: int) -> None:
     t = time_steps(run, repeats)["median_s"]
     n = 1024
     out = {"tokens_per_s": shape["batch"] * shape["seq"] / t, "step_s": t,
-           "matmul_fp32_gflops": jax_matmul_flops(n, n, n, "float32", repeats) / 1e9,
-           "matmul_bf16_gflops": jax_matmul_flops(n, n, n, "bfloat16", repeats) / 1e9}
+           "matmul_fp32_gflops": common.jax_matmul_flops(n, n, n, "float32", repeats) / 1e9,
+           "matmul_bf16_gflops": common.jax_matmul_flops(n, n, n, "bfloat16", repeats) / 1e9}
     print(json.dumps(out))
 
 
@@ -288,7 +275,7 @@ def measure_matmuls(shapes: dict, square: int, repeats: int) -> tuple[dict, list
     (PyTorch bf16 at 512^3 only: it is two orders of magnitude slower here), then each shape's
     three LM-head products in JAX."""
     torch_bf16 = 512
-    peaks = {"square": {dt: jax_matmul_flops(square, square, square, dt, repeats)
+    peaks = {"square": {dt: common.jax_matmul_flops(square, square, square, dt, repeats)
                         for dt in ("float32", "bfloat16")},
              "torch_square": {"float32": torch_matmul_flops(square, square, square, "float32",
                                                              repeats),
@@ -305,7 +292,7 @@ def measure_matmuls(shapes: dict, square: int, repeats: int) -> tuple[dict, list
         mms = lm_head_matmuls(shape["batch"] * shape["seq"], shape["n_embd"], shape["vocab"])
         peaks["lm_head"][name] = {}
         for dt in ("float32", "bfloat16"):
-            times = {k: 2 * m * kk * n / jax_matmul_flops(m, kk, n, dt, repeats)
+            times = {k: 2 * m * kk * n / common.jax_matmul_flops(m, kk, n, dt, repeats)
                      for k, (m, kk, n) in mms.items()}
             flops = sum(2 * m * kk * n for m, kk, n in mms.values())
             peaks["lm_head"][name][dt] = flops / sum(times.values())
@@ -375,28 +362,16 @@ def profile_steps(shape, directory, out: str, n: int = 3) -> list[list]:
     """Traces `n` JAX fp32 steps with jax.profiler and sums the time of XLA's kernels by the
     part of the model their HLO instruction comes from: [[part, ms per step, share], ...]."""
     import collections
-    import gzip
-    import re
-
-    import jax
 
     run = jax_step_runner(*jax_model(directory, shape, "float32"), make_batch(shape))
     run()  # compile outside the trace
-    op_names = dict(re.findall(r'^\s*%?(\S+) = .*?op_name="([^"]*)"', run.hlo_text(), re.M))
-    with jax.profiler.trace(out, create_perfetto_trace=True):
-        for _ in range(n):
-            run()
-    trace = sorted(pathlib.Path(out).rglob("*.trace.json.gz"))[-1]
-    events = json.loads(gzip.open(trace).read())
-    events = events["traceEvents"] if isinstance(events, dict) else events
     totals = collections.Counter()
-    for e in events:
-        op = op_names.get(e.get("name"))
-        if e.get("ph") != "X" or op is None:
-            continue  # host-side and runtime events have no HLO instruction
-        part = "optimizer (clip, AdamW)" if "/while/" not in op else next(
-            (name for name, keys in PROFILE_PARTS if any(k in op for k in keys)), "other")
-        totals[part] += e["dur"] / 1e3 / n
+    for _, op, ms, _ in common.xla_kernel_ms(run, run.hlo_text(), out, n):
+        if op and "/while/" not in op:  # outside the micro-batch loop
+            part = "optimizer (clip, AdamW)"
+        else:
+            part = next((name for name, keys in PROFILE_PARTS if any(k in op for k in keys)), "other")
+        totals[part] += ms
     total = sum(totals.values())
     return [[part, _r(ms), _r(ms / total, 3)] for part, ms in totals.most_common()]
 

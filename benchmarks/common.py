@@ -88,9 +88,67 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
     return {"median_s": statistics.median(times), "times_s": times}
 
 
+def jax_matmul_flops(m: int, k: int, n: int, dtype: str, repeats: int) -> float:
+    """FLOP/s of a jitted `jnp.dot` [m,k] x [k,n] in `dtype` (float32 accumulation for bf16)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.standard_normal((m, k)), dtype)
+    b = jnp.asarray(rng.standard_normal((k, n)), dtype)
+    dot = jax.jit(jnp.dot)
+    t = median_time(lambda: dot(a, b).block_until_ready(), repeats=repeats)["median_s"]
+    return 2 * m * k * n / t
+
+
 def write_result(name: str, result: dict) -> pathlib.Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": name, "machine": machine_info(), "versions": versions(), **result}
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def xla_kernel_ms(call: Callable[[], object], hlo_text: str, trace_dir: str,
+                  n: int = 3) -> list[tuple[str, str, float, float]]:
+    """Traces `n` calls of `call` (already compiled and warmed up) with ``jax.profiler`` and
+    returns ``[(HLO instruction, its op_name, ms per call, runs per call), ...]`` for the XLA
+    kernels of the program whose optimised HLO is `hlo_text`.
+
+    Only the outermost kernel events count (a ``conditional``'s branch kernels are inside its
+    own event), and ``while`` instructions are left out (their body's kernels are listed
+    themselves), so the times add up without counting anything twice. Host-side and runtime
+    events (no HLO instruction) are not listed: the gap between the sum and the call's wall
+    time is the runtime's dispatch between kernels (and the tracer's own cost)."""
+    import collections
+    import gzip
+    import re
+
+    import jax
+
+    op_names, loops = {}, set()
+    for name, rest in re.findall(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (.*)$", hlo_text, re.M):
+        found = re.search(r'op_name="([^"]*)"', rest)
+        op_names[name] = found.group(1) if found else ""
+        if re.search(r"\swhile\(", rest):
+            loops.add(name)
+    with jax.profiler.trace(trace_dir):
+        for _ in range(n):
+            call()
+    trace = sorted(pathlib.Path(trace_dir).rglob("*.trace.json.gz"))[-1]
+    events = json.loads(gzip.open(trace).read())
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    kernels = sorted((e for e in events if e.get("ph") == "X" and e.get("name") in op_names
+                      and e["name"] not in loops), key=lambda e: (e.get("pid"), e.get("tid"), e["ts"]))
+    totals: collections.Counter = collections.Counter()
+    runs: collections.Counter = collections.Counter()
+    open_until: dict = {}  # (pid, tid) -> end of the outermost event being counted
+    for e in kernels:
+        lane = (e.get("pid"), e.get("tid"))
+        if e["ts"] < open_until.get(lane, float("-inf")):
+            continue  # nested in a counted event
+        open_until[lane] = e["ts"] + e["dur"]
+        totals[e["name"]] += e["dur"] / 1e3 / n
+        runs[e["name"]] += 1 / n
+    return [(name, op_names[name], ms, runs[name]) for name, ms in totals.most_common()]

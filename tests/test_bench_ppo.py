@@ -87,13 +87,20 @@ def test_trl_side_and_ratio(ours, inputs):
         assert it["response_width"] == SPEC.response_len
         assert 0 < it["generate_s"] < it["rollout_s"] < it["total_s"]
         assert 0 <= it["gc_s"] < it["total_s"]
+    peak = 1e11  # a machine with a 100 GFLOP/s fp32 matmul
     result = bench_ppo.build_result([(SPEC, ours, trl)], quick=True, compile_cache=True,
-                                    trl_version=trl["version"], loads=(9.0, 9.0))
+                                    trl_version=trl["version"], loads=(9.0, 9.0), peak=peak)
     ratio = bench_ppo.side_stats(trl)["total_s"] / bench_ppo.side_stats(ours)["total_s"]
     assert result["headline"]["tiny_ratio"] == round(ratio, 2)
     (target,) = result["targets"]
     assert target["met"] == (ratio >= bench_ppo.TARGET_RATIO)
     assert any("NOT an idle machine" in note for note in result["notes"])
+    # What 3x would take: our iteration's FLOPs in a third of TRL's time, against the peak.
+    need = bench_ppo.iteration_flops(SPEC, "ours") * 3 / bench_ppo.side_stats(trl)["total_s"]
+    assert result["headline"]["tiny_target_needs_peak_share"] == round(need / peak, 2)
+    assert result["headline"]["matmul_fp32_gflops"] == 100.0
+    (note,) = [n for n in result["notes"] if "x TRL means" in n]
+    assert f"{need / 1e9:.0f} GFLOP/s = {need / peak:.0%} of this machine" in note
 
 
 def test_iteration_flops_follow_the_passes():

@@ -101,7 +101,7 @@ def test_quick_generation_benchmark(tmp_path):
         assert key in result, key
     assert result["benchmark"] == "generate" and result["quick"] is True
     assert result["machine"]["cores"] == os.cpu_count() and result["versions"]["torch"]
-    (table,) = result["tables"]
+    table, profile = result["tables"]
     columns = table["columns"]
     rows = [dict(zip(columns, row)) for row in table["rows"]]
     assert all(len(row) == len(columns) for row in table["rows"])
@@ -113,3 +113,18 @@ def test_quick_generation_benchmark(tmp_path):
     (target,) = result["targets"]
     assert target["target"] == 3.0 and target["met"] == (target["value"] >= 3.0)
     assert set(result["headline"]) == {"tiny_b8_greedy_ratio", "tiny_b8_sample_ratio"}
+    # The batch-8 greedy decode step, profiled by part: every part of a GPT-2 step shows up, the
+    # parts add up to the kernel sum, and nothing is counted twice (a step runs each of its
+    # 4 x 4 weight matmuls once, and the LM head once).
+    assert profile["columns"] == ["part", "ms/step", "share", "kernels/step"]
+    parts = {row[0]: row for row in profile["rows"]}
+    for name in ("LM head", "weight matmuls (c_attn, c_proj, c_fc)", "layer norms",
+                 "attention over the KV cache (write, scores, softmax, values)"):
+        assert parts[name][1] > 0, name
+    assert parts["weight matmuls (c_attn, c_proj, c_fc)"][3] == pytest.approx(16, abs=0.5)
+    assert parts["LM head"][3] == pytest.approx(1, abs=0.1)
+    kernel_sum = parts.pop("sum of kernels (traced)")
+    parts.pop("step wall time (untraced median)")
+    assert sum(row[1] for row in parts.values()) == pytest.approx(kernel_sum[1], abs=0.01)
+    assert sum(row[2] for row in parts.values()) == pytest.approx(1, abs=0.01)
+    assert any(note.startswith("tiny, batch 8 greedy, profile:") for note in result["notes"])
