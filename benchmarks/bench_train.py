@@ -67,6 +67,7 @@ XLA_VARIANTS = (
     "--xla_cpu_use_xnnpack=true",
     "--xla_cpu_use_onednn=true",
     "--xla_cpu_enable_fast_math=true",
+    "--xla_cpu_experimental_ynn_fusion_type=",  # YNNPACK fusions off: Eigen's dots and loops
 )
 
 
@@ -407,11 +408,10 @@ def build_result(args, peaks, mm_rows, steps, parts, variants, shapes, profile) 
                        "rows": [["forward (loss)", _r(1e3 * fwd), _r(fwd / st, 3)],
                                 ["backward", _r(1e3 * (fb - fwd)), _r((fb - fwd) / st, 3)],
                                 ["clip + AdamW + rest", _r(1e3 * (st - fb)), _r((st - fb) / st, 3)]]})
-    if profile:
-        first = next(iter(shapes))
-        tables.append({"title": f"JAX fp32 step profile ({first}: jax.profiler trace, XLA "
+    for name, rows in (profile or {}).items():
+        tables.append({"title": f"JAX fp32 step profile ({name}: jax.profiler trace, XLA "
                                 "kernel time by model part)",
-                       "columns": ["part", "ms/step", "share of kernel time"], "rows": profile})
+                       "columns": ["part", "ms/step", "share of kernel time"], "rows": rows})
     if variants:
         base = variants[0]
         tables.append({"title": "XLA_FLAGS variants (JAX fp32 step, own process each)",
@@ -482,9 +482,9 @@ def notes(peaks, steps, variants, profile=None) -> list[str]:
         diff = max(abs(x - y) for x, y in zip(a["losses"], b["losses"]))
         out.append(f"{a['shape']} fp32: per-step losses of the two sides differ by at most "
                    f"{diff:.2e} over {a['steps']} steps (same model and update).")
-    if profile:
-        out.append("Profile of the JAX fp32 step: " + ", ".join(
-            f"{part} {share:.0%}" for part, _, share in profile[:4]) + " of XLA kernel time.")
+    for name, rows in (profile or {}).items():
+        out.append(f"Profile of the JAX fp32 step, {name}: " + ", ".join(
+            f"{part} {share:.0%}" for part, _, share in rows[:4]) + " of XLA kernel time.")
     rejected = [v["flag"] for v in variants if not v["accepted"]]
     if rejected:
         out.append("XLA rejected: " + ", ".join(rejected) + " (see the variants table).")
@@ -499,8 +499,8 @@ def main(argv=None):
     p.add_argument("--no-xla-variants", action="store_true", help="skip the XLA flag variants")
     p.add_argument("--results-dir", default=None, help="write the JSON here instead of "
                    "benchmarks/results/")
-    p.add_argument("--profile", default=None, help="keep the jax.profiler trace of three JAX "
-                   "fp32 steps of the first shape in this directory (the trace is always taken "
+    p.add_argument("--profile", default=None, help="keep the jax.profiler traces of three JAX "
+                   "fp32 steps of each shape in this directory (the traces are always taken "
                    "and summarised without --quick; with --quick only when this is given)")
     p.add_argument("--child-variant", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -514,7 +514,7 @@ def main(argv=None):
     first = next(iter(shapes))
     log("matmul peaks")
     peaks, mm_rows = measure_matmuls(shapes, 1024 if args.quick else 2048, repeats)
-    steps, parts, profile = [], None, None
+    steps, parts, profile = [], None, {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, shape) in enumerate(shapes.items()):
             directory = pathlib.Path(tmp) / name
@@ -530,9 +530,10 @@ def main(argv=None):
                 one = dict(shape, batch=1, seq=min(shape["seq"], 32 if args.quick else 128))
                 steps += run_shape(name, one, pathlib.Path(tmp) / f"{name}_1", ("bfloat16",),
                                    1, peaks, breakdown=False)[0]
-                if args.profile or not args.quick:
-                    log(f"{name} profile")
-                    profile = profile_steps(shape, directory, args.profile or tmp + "/trace")
+            if args.profile or not args.quick:
+                log(f"{name} profile")
+                profile[name] = profile_steps(shape, directory,
+                                              f"{args.profile or tmp + '/trace'}/{name}")
     variants = []
     if not args.no_xla_variants:
         vshape = dict(shapes[first], batch=8, seq=64 if args.quick else 256)

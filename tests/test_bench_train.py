@@ -55,7 +55,7 @@ def quick_result(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_train")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--quick", "--repeats", "2",
-         "--no-xla-variants", "--results-dir", str(out)],
+         "--no-xla-variants", "--results-dir", str(out), "--profile", str(out / "trace")],
         capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "train.json").read_text())
@@ -74,6 +74,21 @@ def test_quick_run_schema(quick_result):
     for t in r["targets"]:
         assert t["met"] == (t["value"] >= t["target"])
     assert all(isinstance(n, str) for n in r["notes"])
+
+
+def test_quick_run_profiles_every_shape(quick_result):
+    """--profile: one table per shape of XLA kernel time by model part, shares adding up to 1
+    (no kernel counted twice), the attention core and the dense layers among the parts."""
+    shapes = quick_result["raw"]["shapes"]
+    tables = {t["title"]: t for t in quick_result["tables"] if "step profile" in t["title"]}
+    assert len(tables) == len(shapes)
+    for name in shapes:
+        (table,) = [t for title, t in tables.items() if f"({name}:" in title]
+        parts = {row[0]: row for row in table["rows"]}
+        assert sum(row[2] for row in table["rows"]) == pytest.approx(1, abs=0.01)
+        assert parts["attention core (QK^T, mask, softmax, PV)"][1] > 0
+        assert parts["dense layers (c_attn, c_proj, c_fc)"][1] > 0
+        assert any(n.startswith(f"Profile of the JAX fp32 step, {name}:") for n in quick_result["notes"])
 
 
 def test_quick_run_both_sides_train_the_same_tokens(quick_result):
