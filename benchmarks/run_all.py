@@ -164,7 +164,8 @@ def _when(record: dict) -> str:
     return "; ".join(parts)
 
 
-def render(records: list[dict]) -> str:
+def render(records: list[dict], results: pathlib.Path | None = None) -> str:
+    """The report; a benchmark's ``<name>.png`` in `results` (its curves) is shown in its section."""
     ok = [r for r in records if not r.get("failed")]
     lines = ["# Benchmark results", "",
              "Rendered by `python -m benchmarks.run_all` from `benchmarks/results/*.json` "
@@ -216,13 +217,16 @@ def render(records: list[dict]) -> str:
                                                for k, v in r["headline"].items()), ""]
         if r.get("notes"):
             lines += [f"- {note}" for note in r["notes"]] + [""]
+        figure = results / f"{r['benchmark']}.png" if results else None
+        if figure and figure.exists():
+            lines += [f"![{r['benchmark']} curves]({results.name}/{figure.name})", ""]
     return "\n".join(lines)
 
 
 def write_report(results: pathlib.Path = RESULTS, report: pathlib.Path = REPORT,
                  expected: list[str] | None = None) -> pathlib.Path:
     records = load_results(results, discover() if expected is None else expected)
-    report.write_text(render(records))
+    report.write_text(render(records, results))
     return report
 
 

@@ -36,6 +36,7 @@ def test_render_tables_targets_and_failures(tmp_path):
         "train", "exit status 1\nTraceback ...\nValueError: boom", ["python", "bench_train.py"])))
     (tmp_path / "extra.json").write_text("{not json")
     _write(tmp_path, "odd", tables=[{"title": "no columns", "rows": []}])
+    (tmp_path / "generate.png").write_bytes(b"\x89PNG")  # a benchmark's curves
     report = tmp_path / "results.md"
     run_all.write_report(tmp_path, report, expected=["generate", "sandbox", "train", "ppo"])
     md = report.read_text()
@@ -47,6 +48,10 @@ def test_render_tables_targets_and_failures(tmp_path):
     assert "| `sandbox` | exec/s (quick) | 12 | 20 | **no** |" in md
     assert "not headline numbers" in md  # the quick run is flagged in its section
     assert "- bounded by x|y" in md
+    # The curves are shown in their benchmark's section, by a path relative to the report.
+    figure = f"![generate curves]({tmp_path.name}/generate.png)"
+    assert md.count(figure) == 1
+    assert md.index("## generate title") < md.index(figure) < md.index("## sandbox title")
     # The failed, missing and unreadable benchmarks are shown, not dropped.
     assert "| `train` | benchmark failed |" in md and "ValueError: boom" in md
     assert "| `ppo` | no result (not run?) |" in md and "no results/ppo.json" in md
