@@ -77,18 +77,26 @@ def test_quick_run_schema(quick_result):
 
 
 def test_quick_run_profiles_every_shape(quick_result):
-    """--profile: one table per shape of XLA kernel time by model part, shares adding up to 1
-    (no kernel counted twice), the attention core and the dense layers among the parts."""
+    """--profile: per shape, one table of XLA kernel time by model part and one of PyTorch's
+    self CPU time by op kind, shares adding up to 1 (no kernel counted twice), the attention
+    core and the matmuls among the parts on both sides."""
     shapes = quick_result["raw"]["shapes"]
-    tables = {t["title"]: t for t in quick_result["tables"] if "step profile" in t["title"]}
-    assert len(tables) == len(shapes)
+    profiles = [t for t in quick_result["tables"] if "step profile" in t["title"]]
+    assert len(profiles) == 2 * len(shapes)
     for name in shapes:
-        (table,) = [t for title, t in tables.items() if f"({name}:" in title]
-        parts = {row[0]: row for row in table["rows"]}
-        assert sum(row[2] for row in table["rows"]) == pytest.approx(1, abs=0.01)
-        assert parts["attention core (QK^T, mask, softmax, PV)"][1] > 0
-        assert parts["dense layers (c_attn, c_proj, c_fc)"][1] > 0
+        (ours,) = [t for t in profiles if t["title"].startswith(f"JAX fp32 step profile ({name}:")]
+        (theirs,) = [t for t in profiles if t["title"].startswith(f"PyTorch fp32 step profile ({name}:")]
+        for table in (ours, theirs):
+            assert sum(row[2] for row in table["rows"]) == pytest.approx(1, abs=0.01)
+        parts = {row[0]: row[1] for row in ours["rows"]}
+        assert parts["attention core (QK^T, mask, softmax, PV)"] > 0
+        assert parts["dense layers (c_attn, c_proj, c_fc)"] > 0
+        parts = {row[0]: row[1] for row in theirs["rows"]}
+        assert parts["attention core (SDPA forward + backward)"] > 0
+        assert parts["matmuls (dense layers + LM head)"] > 0
         assert any(n.startswith(f"Profile of the JAX fp32 step, {name}:") for n in quick_result["notes"])
+        assert any(n.startswith(f"{name}, by profile: the attention core takes")
+                   for n in quick_result["notes"])
 
 
 def test_quick_run_both_sides_train_the_same_tokens(quick_result):
