@@ -307,7 +307,7 @@ def main(argv=None):
     common.RESULTS = args.results_dir
 
     torch.set_num_threads(args.torch_threads)
-    load_at_start = os.getloadavg()[0]
+    watch = common.CpuWatch()
     tables, headline, targets = [], {}, []
     profiles = {}
     for size in args.sizes:
@@ -345,10 +345,13 @@ def main(argv=None):
         "ours ms/step / XLA floor is our own overhead (attention, norms, sampling, loop).",
     ]
     notes.extend(profile_notes(profiles))
-    if load_at_start > 0.5 * os.cpu_count():
-        notes.append(f"The machine was busy (1-min load average {load_at_start:.1f} at the start on "
-                     f"{os.cpu_count()} cores): torch's OpenMP threads slow down far more than XLA's "
-                     "under contention, so these ratios overstate ours; rerun on an idle machine.")
+    other = watch.other_cores()
+    if other is not None:
+        notes.append(f"Other processes kept {other:.2f} of the {os.cpu_count()} cores busy on "
+                     "average during this run (/proc/stat less this process's own CPU time)"
+                     + (": torch's OpenMP threads slow down far more than XLA's under "
+                        "contention, so these ratios overstate ours; rerun on an idle machine."
+                        if other > 0.25 else "."))
     path = write_result("generate", {
         "title": "Generation: compiled KV-cache sampler vs transformers generate",
         "quick": args.quick, "tables": tables, "headline": headline, "targets": targets,

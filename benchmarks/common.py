@@ -75,6 +75,35 @@ def versions(*packages: str) -> dict:
     return out
 
 
+class CpuWatch:
+    """How many cores OTHER processes kept busy since construction: the machine's busy CPU time
+    (``/proc/stat``: user, nice, system, irq, softirq, steal) less this process's own (and its
+    waited-for children's) CPU time, over the wall time. The 1-minute load average cannot tell
+    a benchmark's own threads, or the previous benchmark's tail, from other work; this can."""
+
+    def __init__(self):
+        self.start = self._snapshot()
+
+    @staticmethod
+    def _snapshot() -> tuple[float, float, float] | None:
+        try:
+            fields = pathlib.Path("/proc/stat").read_text().splitlines()[0].split()
+        except OSError:
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+        busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+        t = os.times()
+        return busy, t.user + t.system + t.children_user + t.children_system, time.monotonic()
+
+    def other_cores(self) -> float | None:
+        """Average cores used by other processes since construction (None off Linux)."""
+        end = self._snapshot()
+        if self.start is None or end is None or end[2] <= self.start[2]:
+            return None
+        busy, own, wall = (b - a for a, b in zip(self.start, end))
+        return max(busy - own, 0.0) / wall
+
+
 def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict:
     """Calls `fn` `warmup` times untimed, then `repeats` times; `fn` must block until its work
     is done (e.g. `jax.block_until_ready`). Returns the median and every time, in seconds."""

@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -133,3 +134,18 @@ def test_quick_generation_benchmark(tmp_path):
     assert sum(row[1] for row in parts.values()) == pytest.approx(kernel_sum[1], abs=0.01)
     assert sum(row[2] for row in parts.values()) == pytest.approx(1, abs=0.01)
     assert any(note.startswith("tiny, batch 8 greedy, profile:") for note in result["notes"])
+
+
+def test_cpu_watch_counts_other_processes():
+    """A busy process that is not ours (not waited for yet) shows up as about one core."""
+    from benchmarks import common
+
+    watch = common.CpuWatch()
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1.5)
+        other = watch.other_cores()
+    finally:
+        busy.kill()
+        busy.wait()
+    assert other is not None and 0.6 <= other <= os.cpu_count() + 0.1, other

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from rlaif_jax.models.attention import cached_attend, weights_dropout
+from rlaif_jax.models.residual import materialize_grad
 
 Array = jax.Array
 Cache = dict[str, Array]
@@ -244,6 +245,7 @@ class GPT2Block(nn.Module):
 
     @nn.compact
     def __call__(self, x, key_valid, layer_cache, deterministic):
+        x = materialize_grad(x)  # see models/residual.py
         attn_out, new_layer_cache = GPT2Attention(self.config, name="attn")(
             _layer_norm(self.config, "ln_1")(x), key_valid, layer_cache, deterministic
         )
