@@ -533,7 +533,7 @@ def main(argv=None) -> dict:
         print(f"warning: trl {trl_version} installed; this benchmark is written for "
               f"{TRL_VERSION} (the last release with PPO)", file=sys.stderr)
 
-    load_before = os.getloadavg()[0]
+    watch = common.CpuWatch()
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench_ppo_") as tmp:
         tmp = pathlib.Path(args.workdir or tmp)
@@ -545,12 +545,12 @@ def main(argv=None) -> dict:
             runs.append((spec, ours, trl))
             print(json.dumps({"size": spec.size, "ours_s": side_stats(ours)["total_s"],
                               "trl_s": side_stats(trl)["total_s"] if trl else None}), flush=True)
-    loads = (load_before, os.getloadavg()[0])
+    other_cores = watch.other_cores()  # the side workers are waited-for children: ours
     # The machine's fp32 matmul rate, after both sides' processes have exited: what a 3x
     # iteration would have to sustain is quoted against it.
     peak = common.jax_matmul_flops(2048, 2048, 2048, "float32", repeats=5)
     result = build_result(runs, quick=args.quick, compile_cache=args.compile_cache,
-                          trl_version=trl_version, loads=loads, peak=peak)
+                          trl_version=trl_version, other_cores=other_cores, peak=peak)
     path = common.write_result(args.out, result)
     print(f"wrote {path}")
     return result
@@ -571,7 +571,7 @@ def measure(spec: Spec, tokenizer, texts: list[str], directory: pathlib.Path, wi
 
 
 def build_result(runs: list[tuple[Spec, dict, dict | None]], *, quick: bool, compile_cache: bool,
-                 trl_version: str | None, loads: tuple[float, float],
+                 trl_version: str | None, other_cores: float | None,
                  peak: float | None = None) -> dict:
     """The result record (benchmarks/common.py schema) of (spec, ours, trl or None) runs."""
     rows, times_rows, headline, targets, size_notes = [], [], {}, [], []
@@ -616,12 +616,15 @@ def build_result(runs: list[tuple[Spec, dict, dict | None]], *, quick: bool, com
         "response positions only (TRL: at every position), clips gradient norms, uses Adam at a "
         "constant rate (TRL: AdamW, linear decay); TRL runs gc.collect() twice per iteration.",
     ] + size_notes
-    if max(loads) > 0.5 * os.cpu_count():
+    if other_cores is not None and other_cores > 0.25:
         notes.append(
-            f"NOT an idle machine: 1-minute load average {loads[0]:.2f} at the start, "
-            f"{loads[1]:.2f} at the end, on {os.cpu_count()} cores. Other work slows both "
-            "sides, and torch's OpenMP threads (which spin at barriers) far more than XLA's, so "
-            "these ratios do not stand for an idle machine.")
+            f"NOT an idle machine: other processes kept {other_cores:.2f} of the "
+            f"{os.cpu_count()} cores busy on average (/proc/stat less this benchmark's own "
+            "processes). Other work slows both sides, and torch's OpenMP threads (which spin at "
+            "barriers) far more than XLA's, so these ratios do not stand for an idle machine.")
+    elif other_cores is not None:
+        notes.append(f"Other processes kept {other_cores:.2f} of the {os.cpu_count()} cores busy "
+                     "on average during the run (/proc/stat less this benchmark's own processes).")
     table = {"title": "Seconds per PPO iteration (median after the first)",
              "columns": ["size", "policy params", "side", "s / iter", "rollout s", "update s",
                          "first iter s", "tok/s", "GFLOP/s", "response width"], "rows": rows}

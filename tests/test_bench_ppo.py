@@ -61,7 +61,7 @@ def test_our_side_runs_fixed_length_iterations(ours, inputs):
 
 def test_result_records_trl_as_not_installed(ours, tmp_path, monkeypatch):
     result = bench_ppo.build_result([(SPEC, ours, None)], quick=True, compile_cache=True,
-                                    trl_version=None, loads=(0.1, 0.2))
+                                    trl_version=None, other_cores=0.1)
     main, times = result["tables"]
     assert all(len(row) == len(main["columns"]) for row in main["rows"])
     assert main["rows"][0][2] == "rlaif_jax" and "not installed" in main["rows"][1][2]
@@ -89,7 +89,7 @@ def test_trl_side_and_ratio(ours, inputs):
         assert 0 <= it["gc_s"] < it["total_s"]
     peak = 1e11  # a machine with a 100 GFLOP/s fp32 matmul
     result = bench_ppo.build_result([(SPEC, ours, trl)], quick=True, compile_cache=True,
-                                    trl_version=trl["version"], loads=(9.0, 9.0), peak=peak)
+                                    trl_version=trl["version"], other_cores=1.5, peak=peak)
     ratio = bench_ppo.side_stats(trl)["total_s"] / bench_ppo.side_stats(ours)["total_s"]
     assert result["headline"]["tiny_ratio"] == round(ratio, 2)
     (target,) = result["targets"]
