@@ -450,6 +450,11 @@ def compare(spec: Spec, ours: dict, trl: dict | None) -> dict:
     return out
 
 
+def target_flop_rate(spec: Spec, cmp: dict) -> float:
+    """FLOP/s our iteration's matmuls would need to take a TARGET_RATIO-th of TRL's time."""
+    return iteration_flops(spec, "ours") * TARGET_RATIO / cmp["trl"]["total_s"]
+
+
 def notes_for(spec: Spec, cmp: dict, cached: bool, peak: float | None = None) -> list[str]:
     """What the measurement shows about where each side's time goes (computed, per size);
     `peak`: the machine's fp32 matmul FLOP/s, measured in the same run (None: not measured)."""
@@ -475,7 +480,7 @@ def notes_for(spec: Spec, cmp: dict, cached: bool, peak: float | None = None) ->
         "of policy + critic in the update. The ratio is (our GFLOP/s / TRL's) x (TRL's FLOPs / "
         "ours): past the per-step overheads, both sides spend their time in the same matmuls.")
     if cmp.get("trl") and peak:
-        need = flops["ours"] / (cmp["trl"]["total_s"] / TARGET_RATIO)
+        need = target_flop_rate(spec, cmp)
         ours_rate, trl_rate = (flops[side] / cmp[key]["total_s"]
                                for side, key in (("ours", "ours"), ("trl", "trl")))
         notes.append(
@@ -589,8 +594,8 @@ def build_result(runs: list[tuple[Spec, dict, dict | None]], *, quick: bool, com
             targets.append({"name": f"PPO iteration {spec.size}: x TRL", "target": TARGET_RATIO,
                             "value": round(cmp["ratio"], 2), "met": cmp["ratio"] >= TARGET_RATIO})
             if peak:
-                need = iteration_flops(spec, "ours") * TARGET_RATIO / cmp["trl"]["total_s"]
-                headline[f"{spec.size}_target_needs_peak_share"] = round(need / peak, 2)
+                headline[f"{spec.size}_target_needs_peak_share"] = round(
+                    target_flop_rate(spec, cmp) / peak, 2)
     if peak:
         headline["matmul_fp32_gflops"] = round(peak / 1e9, 1)
     s = runs[0][0]

@@ -373,6 +373,11 @@ def profile_steps(shape, directory, out: str, n: int = 3) -> list[list]:
         else:
             part = next((name for name, keys in PROFILE_PARTS if any(k in op for k in keys)), "other")
         totals[part] += ms
+    return _share_rows(totals)
+
+
+def _share_rows(totals) -> list[list]:
+    """[[part, ms, share of the total], ...], largest first, from a Counter of ms by part."""
     total = sum(totals.values())
     return [[part, _r(ms), _r(ms / total, 3)] for part, ms in totals.most_common()]
 
@@ -406,8 +411,7 @@ def profile_torch_steps(shape, directory, n: int = 3) -> list[list]:
         part = next((name for name, keys in TORCH_PROFILE_PARTS
                      if any(k in event.key for k in keys)), "other")
         totals[part] += event.self_cpu_time_total / 1e3 / n
-    total = sum(totals.values())
-    return [[part, _r(ms), _r(ms / total, 3)] for part, ms in totals.most_common()]
+    return _share_rows(totals)
 
 
 _START = time.perf_counter()
@@ -441,12 +445,12 @@ def build_result(args, peaks, mm_rows, steps, parts, variants, shapes, profile) 
                        "rows": [["forward (loss)", _r(1e3 * fwd), _r(fwd / st, 3)],
                                 ["backward", _r(1e3 * (fb - fwd)), _r((fb - fwd) / st, 3)],
                                 ["clip + AdamW + rest", _r(1e3 * (st - fb)), _r((st - fb) / st, 3)]]})
-    for name, rows in (profile or {}).items():
-        side = "PyTorch" if name.endswith("pytorch") else "JAX"
-        how = ("torch.profiler, self CPU time by aten op kind" if side == "PyTorch"
-               else "jax.profiler trace, XLA kernel time by model part")
-        tables.append({"title": f"{side} fp32 step profile ({name.split()[0]}: {how})",
-                       "columns": ["part", "ms/step", "share of kernel time"], "rows": rows})
+    how = {"JAX": "jax.profiler trace, XLA kernel time by model part",
+           "PyTorch": "torch.profiler, self CPU time by aten op kind"}
+    for name, sides in (profile or {}).items():
+        for side, rows in sides.items():
+            tables.append({"title": f"{side} fp32 step profile ({name}: {how[side]})",
+                           "columns": ["part", "ms/step", "share of kernel time"], "rows": rows})
     if variants:
         base = variants[0]
         tables.append({"title": "XLA_FLAGS variants (JAX fp32 step, own process each)",
@@ -517,12 +521,10 @@ def notes(peaks, steps, variants, profile=None) -> list[str]:
         diff = max(abs(x - y) for x, y in zip(a["losses"], b["losses"]))
         out.append(f"{a['shape']} fp32: per-step losses of the two sides differ by at most "
                    f"{diff:.2e} over {a['steps']} steps (same model and update).")
-    for name, rows in (profile or {}).items():
-        if name.endswith("pytorch"):
-            continue
+    for name, sides in (profile or {}).items():
+        rows, theirs = sides["JAX"], sides["PyTorch"]
         out.append(f"Profile of the JAX fp32 step, {name}: " + ", ".join(
             f"{part} {share:.0%}" for part, _, share in rows[:4]) + " of XLA kernel time.")
-        theirs = (profile.get(f"{name} pytorch") or [])
         ours_attn = next((ms for part, ms, _ in rows if part.startswith("attention")), None)
         torch_attn = next((ms for part, ms, _ in theirs if part.startswith("attention")), None)
         if ours_attn is not None and torch_attn:
@@ -579,9 +581,9 @@ def main(argv=None):
                                    1, peaks, breakdown=False)[0]
             if args.profile or not args.quick:
                 log(f"{name} profile")
-                profile[name] = profile_steps(shape, directory,
-                                              f"{args.profile or tmp + '/trace'}/{name}")
-                profile[f"{name} pytorch"] = profile_torch_steps(shape, directory)
+                profile[name] = {
+                    "JAX": profile_steps(shape, directory, f"{args.profile or tmp + '/trace'}/{name}"),
+                    "PyTorch": profile_torch_steps(shape, directory)}
     variants = []
     if not args.no_xla_variants:
         vshape = dict(shapes[first], batch=8, seq=64 if args.quick else 256)
