@@ -19,8 +19,10 @@ The prompts are the same left-padded token ids on both sides (lengths between ha
 row got exactly ``--new-tokens`` new tokens. Decoding: greedy at every batch size, and sampling at
 temperature 0.7 (no top-k; top-p ``--top-p``, default none, on both sides) at ``--sample-batches``.
 Each (side, batch, decoding) is warmed up (ours: by the first call, which compiles; transformers:
-by a generate of 8 tokens), then timed over ``--repeats`` calls; the tables give medians.
-tok/s counts new tokens over all rows (``batch * new_tokens / median time``); ms/step is the
+by a generate of 8 tokens), then the two sides are timed in turns over ``--repeats`` rounds
+(``common.alternating``: this machine's speed drifts by 2-4x over seconds, and a pair of calls in
+one round shares a phase). tok/s and ms/step are per-side medians; ``ratio`` is the median over
+rounds of that round's transformers time / ours, and ``ratio range`` its min-max. tok/s counts new tokens over all rows (``batch * new_tokens / median time``); ms/step is the
 median time over ``new_tokens`` (the prefill amortised in). ``greedy same`` is the share of greedy
 tokens identical on both sides (a sanity check that both ran the same model; float32 rounding can
 flip a near-tie, after which a row diverges). Per batch size the script also times each side's
@@ -38,6 +40,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import statistics
 import sys
 import tempfile
 import time
@@ -65,6 +68,10 @@ SIZES = {
 }
 PAD = 0
 TEMPERATURE = 0.7
+# Decode steps per matmul-floor call. A call of 16 steps (~10-40 ms) timed right after the
+# generates measured 2-4x slower per step than one of 128 (measured): a short call pays the
+# machine's warm-up after another program's turn.
+FLOOR_STEPS = 128
 TARGET_RATIO = 3.0  # issue 7: >= 3x transformers at batch 8
 
 
@@ -86,7 +93,9 @@ def prompts(batch: int, prompt_len: int, vocab: int, seed: int = 0):
     return left_pad([rs.randint(1, vocab, n).tolist() for n in lengths], prompt_len, PAD)
 
 
-def run_ours(model, params, ids, mask, n_new: int, greedy: bool, top_p: float, repeats: int):
+def ours_call(model, params, ids, mask, n_new: int, greedy: bool, top_p: float):
+    """Our generate for these prompts, compiled and warmed up: ``(call, compile_s, tokens)``, with
+    ``tokens()`` the new tokens of the last call (checked to be ``n_new`` per row)."""
     sampling = SamplingParams(max_new_tokens=n_new, greedy=greedy, temperature=TEMPERATURE, top_p=top_p,
                               eos_id=model.config.vocab_size, pad_id=PAD)  # EOS can never be drawn
     generate = make_generate_fn(model, sampling, ids.shape[1])
@@ -96,18 +105,22 @@ def run_ours(model, params, ids, mask, n_new: int, greedy: bool, top_p: float, r
     def call():
         out.update(jax.block_until_ready(generate(params, ids, mask, jax.random.key(0))))
 
+    def tokens():
+        lengths = np.asarray(out["lengths"])
+        if not (lengths == n_new).all():
+            raise RuntimeError(f"ours generated {lengths.tolist()} tokens, expected {n_new} per row")
+        return np.asarray(out["tokens"])
+
     t0 = time.perf_counter()
     call()  # compile + warm-up
     compile_s = time.perf_counter() - t0
-    timing = median_time(call, repeats=repeats, warmup=0)
-    lengths = np.asarray(out["lengths"])
-    if not (lengths == n_new).all():
-        raise RuntimeError(f"ours generated {lengths.tolist()} tokens, expected {n_new} per row")
     call.hlo_text = lambda: generate.lower(params, ids, mask, jax.random.key(0)).compile().as_text()
-    return timing, compile_s, np.asarray(out["tokens"]), call
+    return call, compile_s, tokens
 
 
-def run_hf(hf, ids, mask, n_new: int, greedy: bool, top_p: float, repeats: int):
+def hf_call(hf, ids, mask, n_new: int, greedy: bool, top_p: float):
+    """transformers' generate for these prompts, warmed up: ``(call, tokens)`` as in
+    :func:`ours_call`."""
     ids_t, mask_t = torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
     kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=TEMPERATURE,
                                                        top_k=0, top_p=top_p)
@@ -118,20 +131,23 @@ def run_hf(hf, ids, mask, n_new: int, greedy: bool, top_p: float, repeats: int):
             out["seq"] = hf.generate(input_ids=ids_t, attention_mask=mask_t, max_new_tokens=n_new,
                                      eos_token_id=None, pad_token_id=PAD, **kwargs)
 
+    def tokens():
+        new = out["seq"][:, ids.shape[1]:].numpy()
+        if new.shape != (ids.shape[0], n_new):
+            raise RuntimeError(f"transformers generated {new.shape[1]} tokens, expected {n_new}")
+        return new
+
     with torch.inference_mode():  # warm-up: a short call (oneDNN primitives, allocator, caches)
         hf.generate(input_ids=ids_t, attention_mask=mask_t, max_new_tokens=min(n_new, 8),
                     eos_token_id=None, pad_token_id=PAD, **kwargs)
-    timing = median_time(call, repeats=repeats, warmup=0)
-    new = out["seq"][:, ids.shape[1]:].numpy()
-    if new.shape != (ids.shape[0], n_new):
-        raise RuntimeError(f"transformers generated {new.shape[1]} tokens, expected {n_new}")
-    return timing, new
+    return call, tokens
 
 
-def matmul_floor(hf, params, batch: int, repeats: int, steps: int = 16) -> tuple[float, float]:
-    """ms per decode step of the step's weight matmuls alone (each block's 4 matrices and the
-    LM head, no attention over the cache, no layer norms), with XLA (jitted loop of `steps`) and
-    with torch (a Python loop of the same matmuls): the floor each side's step cannot go below."""
+def matmul_floor(hf, params, batch: int, steps: int = FLOOR_STEPS):
+    """Two warm calls, ``(xla, torch)``, each running `steps` decode steps' weight matmuls alone
+    (each block's 4 matrices and the LM head, no attention over the cache, no layer norms), with
+    XLA (a jitted loop) and with torch (a Python loop of the same matmuls): the floor each side's
+    step cannot go below."""
     t = params["transformer"]
     d = hf.config.n_embd
     mats = [[t[name]["attn"]["c_attn"]["kernel"], t[name]["attn"]["c_proj"]["kernel"],
@@ -149,7 +165,9 @@ def matmul_floor(hf, params, batch: int, repeats: int, steps: int = 16) -> tuple
 
     run = jax.jit(lambda x, mats, wte: jax.lax.fori_loop(0, steps, lambda _, x: step(x, mats, wte), x))
     x0 = jnp.ones((batch, d), jnp.float32)
-    ours = median_time(lambda: jax.block_until_ready(run(x0, mats, wte)), repeats=repeats)
+
+    def xla_run():
+        jax.block_until_ready(run(x0, mats, wte))
     blocks = hf.transformer.h
     tw = [[b.attn.c_attn.weight, b.attn.c_proj.weight, b.mlp.c_fc.weight, b.mlp.c_proj.weight]
           for b in blocks]  # Conv1D weights are [in, out]
@@ -165,8 +183,8 @@ def matmul_floor(hf, params, batch: int, repeats: int, steps: int = 16) -> tuple
                     h = h + (h @ fc) @ fc_proj
                 x = x + 1e-6 * (h @ twte.T).amax(dim=-1, keepdim=True)
 
-    theirs = median_time(torch_run, repeats=repeats)
-    return 1e3 * ours["median_s"] / steps, 1e3 * theirs["median_s"] / steps
+    xla_run(), torch_run()  # compile / warm up
+    return xla_run, torch_run
 
 
 # Parts of a decode step, by the op_name of each XLA kernel (first match wins).
@@ -217,37 +235,56 @@ def bench_size(size: str, batches, sample_batches, prompt_len: int, n_new: int, 
     rows, ratios, profile = [], {}, None
     for batch in batches:
         ids, mask = prompts(batch, prompt_len, cfg.vocab_size, seed=batch)
-        floor_xla, floor_torch = matmul_floor(hf, params, batch, repeats)
+        floor_calls = matmul_floor(hf, params, batch)
         for greedy in [True] + ([False] if batch in sample_batches else []):
-            ours, compile_s, our_tokens, call = run_ours(model, params, ids, mask, n_new, greedy,
-                                                         top_p, repeats)
+            ours_run, compile_s, ours_tokens = ours_call(model, params, ids, mask, n_new, greedy, top_p)
+            hf_run, hf_tokens_of = hf_call(hf, ids, mask, n_new, greedy, top_p)
+            calls = {"ours": ours_run, "theirs": hf_run}
+            if greedy:  # the floors do not depend on the decoding: timed in the greedy rounds
+                calls.update(floor_xla=floor_calls[0], floor_torch=floor_calls[1])
+            timing = common.alternating(calls, repeats)
+            ours, theirs = timing["ours"], timing["theirs"]
+            if greedy:
+                floor = {k: [t / FLOOR_STEPS for t in timing[k]["times_s"]]
+                         for k in ("floor_xla", "floor_torch")}
+            floor_xla, floor_torch = (1e3 * statistics.median(floor[k])
+                                      for k in ("floor_xla", "floor_torch"))
+            # per round: transformers' step over the XLA floor, and our step over it (for
+            # sampling, against the greedy rounds' floors)
+            bound = common.paired_ratio([t / n_new for t in theirs["times_s"]], floor["floor_xla"])
+            overhead = common.paired_ratio([t / n_new for t in ours["times_s"]], floor["floor_xla"])
+            our_tokens, hf_tokens = ours_tokens(), hf_tokens_of()
+            speedup = common.paired_ratio(theirs["times_s"], ours["times_s"])
             if greedy and batch == profile_batch:
                 with tempfile.TemporaryDirectory() as trace_dir:
-                    profile = decode_profile(call, n_new, 1e3 * ours["median_s"] / n_new, trace_dir)
-                profile[1].update(batch=batch, floor_ms=floor_xla)
-            theirs, hf_tokens = run_hf(hf, ids, mask, n_new, greedy, top_p, repeats)
+                    profile = decode_profile(ours_run, n_new, 1e3 * ours["median_s"] / n_new, trace_dir)
+                profile[1].update(batch=batch, floor_ms=floor_xla, over_floor=overhead["median"])
             ours_tps = batch * n_new / ours["median_s"]
             hf_tps = batch * n_new / theirs["median_s"]
             decoding = "greedy" if greedy else f"sample T={TEMPERATURE}" + (
                 f" top-p {top_p}" if top_p < 1 else "")
-            ratios[(batch, decoding)] = ours_tps / hf_tps
+            ratios[(batch, decoding)] = speedup["median"]
             same = f"{(our_tokens == hf_tokens).mean():.0%}" if greedy else "-"
             rows.append([batch, decoding, round(ours_tps, 1), round(hf_tps, 1),
-                         round(ours_tps / hf_tps, 2), round(1e3 * ours["median_s"] / n_new, 2),
+                         round(speedup["median"], 2),
+                         f"{speedup['min']:.2f}-{speedup['max']:.2f}",
+                         round(1e3 * ours["median_s"] / n_new, 2),
                          round(1e3 * theirs["median_s"] / n_new, 2), round(compile_s, 1),
                          round(2 * matmul_params * ours_tps / 1e9, 1),
                          round(2 * matmul_params * hf_tps / 1e9, 1),
                          round(4 * matmul_params * n_new / ours["median_s"] / 1e9, 1),
-                         round(floor_xla, 2), round(floor_torch, 2),
-                         round(theirs["median_s"] / n_new * 1e3 / floor_xla, 1),
+                         round(floor_xla, 2), round(floor_torch, 2), round(bound["median"], 1),
+                         round(overhead["median"], 2),
                          f"{our_tokens.shape[1]} / {hf_tokens.shape[1]}", same])
             print(f"[{size}] batch {batch} {decoding}: ours {ours_tps:.0f} tok/s, transformers "
-                  f"{hf_tps:.0f} tok/s, ratio {ours_tps / hf_tps:.2f}", flush=True)
+                  f"{hf_tps:.0f} tok/s, ratio {speedup['median']:.2f} "
+                  f"({speedup['min']:.2f}-{speedup['max']:.2f} over {repeats} rounds)", flush=True)
     table = {"title": title,
              "columns": ["batch", "decoding", "ours tok/s", "transformers tok/s", "ratio",
-                         "ours ms/step", "transformers ms/step", "ours compile s",
+                         "ratio range", "ours ms/step", "transformers ms/step", "ours compile s",
                          "ours GFLOP/s", "transformers GFLOP/s", "ours weights GB/s",
                          "XLA matmul floor ms/step", "torch matmul floor ms/step", "ratio bound",
+                         "ours / XLA floor",
                          "new tokens (ours / transformers)", "greedy same"],
              "rows": rows}
     tables = [table]
@@ -272,7 +309,8 @@ def profile_notes(profiles: dict) -> list[str]:
             f"{size}, batch {prof['batch']} greedy, profile: {prof['kernels']:.0f} XLA kernels per "
             f"decode step, {prof['kernel_ms']:.2f} ms of kernel time (traced): weight matmuls + LM "
             f"head {matmul:.2f} ms ({matmul / prof['kernel_ms']:.0%}; the same matmuls alone, "
-            f"untraced, in a loop of nothing else: {prof['floor_ms']:.2f} ms), attention over the "
+            f"untraced, in a loop of nothing else: {prof['floor_ms']:.2f} ms; the untraced step is "
+            f"{prof['over_floor']:.1f}x the floor, per round), attention over the "
             f"cache {attention:.2f} ms ({attention / prof['kernel_ms']:.0%}), everything else "
             f"{rest:.2f} ms ({rest / prof['kernel_ms']:.0%}). Tracing adds a few microseconds per "
             "kernel, so compare shares, and the wall time row for the untraced step.")
@@ -288,7 +326,7 @@ def main(argv=None):
                    help="batch sizes also timed with sampling (greedy is timed at every batch)")
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (both sides once each)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus for the sampling rows (both sides)")
     p.add_argument("--results-dir", type=pathlib.Path, default=common.RESULTS,
                    help="where generate.json goes (default benchmarks/results)")
@@ -329,20 +367,23 @@ def main(argv=None):
         "device(s), one used.",
         "Same weights (saved by transformers, imported by rlaif_jax.models.hf_import), same "
         "left-padded prompts; EOS unreachable on both sides, every row checked to get all new tokens.",
-        f"Medians of {args.repeats} timed calls after a warm-up (ours: the first call, which "
-        "compiles, once per batch size and decoding; the compile is given apart, not in tok/s; "
-        "transformers: a generate of 8 tokens).",
+        f"{args.repeats} rounds after a warm-up (ours: the first call, which compiles, once per "
+        "batch size and decoding; the compile is given apart, not in tok/s; transformers: a "
+        "generate of 8 tokens); in each round both sides run once, in turns (the order reverses "
+        "every round). tok/s and ms/step: per-side medians; ratio: the median of the per-round "
+        "ratios (transformers time / ours), its min-max in 'ratio range'.",
         "GFLOP/s = 2 x matmul parameters (12 L D^2 + V D) per generated token; weights GB/s = "
         "4 bytes x matmul parameters read per decode step: high GB/s at batch 1 means the step "
         "streams the weights (memory-bound); GFLOP/s at batch 32 against the machine's matmul "
         "rate shows how matmul-bound it is; ms/step that hardly changes with batch at the tiny "
         "size is per-step overhead.",
         "Matmul floor: ms per step of the step's weight matmuls alone (4 per block + the LM "
-        "head, at the batch size; XLA: a jitted loop of 16 steps; torch: a Python loop of the "
-        "same matmuls under inference_mode), timed in the same run. A step cannot be faster "
-        "than its floor, so 'ratio bound' = transformers ms/step / XLA floor is the most our "
-        "sampler could reach against transformers if its step were nothing but these matmuls; "
-        "ours ms/step / XLA floor is our own overhead (attention, norms, sampling, loop).",
+        f"head, at the batch size; XLA: a jitted loop of {FLOOR_STEPS} steps; torch: a Python loop of the "
+        "same matmuls under inference_mode), timed in the same rounds as the two generates. A "
+        "step cannot be faster than its floor, so 'ratio bound' = transformers ms/step / XLA "
+        "floor is the most our sampler could reach against transformers if its step were "
+        "nothing but these matmuls; 'ours / XLA floor' is our own overhead (attention, norms, "
+        "sampling, loop). Both are medians of per-round ratios.",
     ]
     notes.extend(profile_notes(profiles))
     other = watch.other_cores()

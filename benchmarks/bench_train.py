@@ -16,7 +16,9 @@ the same batch (random token ids, every position attended and trained on), dropo
   compute), the same mixed-precision recipe.
 
 Both sides run the same steps on the same batch; their losses are recorded step by step (equal
-to float tolerance in fp32: same model, same update).
+to float tolerance in fp32: same model, same update). The two sides' steps are timed in turns
+(`common.alternating`: this machine's speed drifts by 2-4x over seconds); the speedup against
+PyTorch, and the target, is the median over rounds of that round's PyTorch step / JAX step.
 
 Model FLOPs per trained token (PaLM appendix B convention; bias, LayerNorm, softmax and
 elementwise work are not counted, attention is counted over all T keys, not T/2):
@@ -239,6 +241,18 @@ def time_steps(run, repeats: int) -> dict:
     return {**timing, "losses": losses, "steps": len(losses)}
 
 
+def time_pair(jax_run, torch_run, repeats: int) -> tuple[dict, dict]:
+    """Both sides' steps as :func:`time_steps` gives them, but timed in turns
+    (``common.alternating``) so a slow phase of the machine hits both sides of a round."""
+    losses = {"jax": [], "torch": []}
+    for side, run in (("jax", jax_run), ("torch", torch_run)):
+        losses[side].append(run())  # untimed: compilation / first-call setup
+    timing = common.alternating({"jax": lambda: losses["jax"].append(jax_run()),
+                                 "torch": lambda: losses["torch"].append(torch_run())}, repeats)
+    return tuple({**timing[side], "losses": losses[side], "steps": len(losses[side])}
+                 for side in ("jax", "torch"))
+
+
 # --- XLA flag variants ---------------------------------------------------------------------
 
 
@@ -330,11 +344,12 @@ def run_shape(name, shape, directory, dtypes, repeats, peaks, breakdown: bool):
         model, params = jax_model(directory, shape, dtype)
         if breakdown and dtype == "float32":
             parts = jax_breakdown(model, params, batch, repeats)
-        jax_t = time_steps(jax_step_runner(model, params, batch), repeats)
-        torch_t = time_steps(torch_step_runner(directory, dtype, batch, repeats + 1), repeats)
+        jax_t, torch_t = time_pair(jax_step_runner(model, params, batch),
+                                   torch_step_runner(directory, dtype, batch, repeats + 1), repeats)
         lm = peaks["lm_head"].get(name, {}).get(dtype)
         for side, t in (("rlaif_jax", jax_t), ("pytorch", torch_t)):
             rows.append(step_row(name, shape, dtype, side, t, fpt, peaks["square"][dtype], lm))
+        rows[-2]["speedup_vs_pytorch"] = common.paired_ratio(torch_t["times_s"], jax_t["times_s"])
         if parts is not None and dtype == "float32":
             parts["step_s"] = jax_t["median_s"]
     return rows, parts
@@ -428,11 +443,16 @@ def _r(x, nd=1):
 def build_result(args, peaks, mm_rows, steps, parts, variants, shapes, profile) -> dict:
     step_cols = ["shape", "dtype", "batch x seq", "side", "tokens/step", "steps", "step ms",
                  "tokens/s", "model GFLOP/s", "MFU vs square peak", "MFU vs LM-head peak",
-                 "loss first", "loss last"]
+                 "loss first", "loss last", "x PyTorch (per-round median, min-max)"]
+
+    def versus(r):
+        v = r.get("speedup_vs_pytorch")
+        return f"{v['median']:.2f} ({v['min']:.2f}-{v['max']:.2f})" if v else "-"
+
     step_rows = [[r["shape"], r["dtype"], f"{r['batch']}x{r['seq']}", r["side"],
                   r["tokens_per_step"], r["steps"], _r(r["step_ms"]), _r(r["tokens_per_s"], 0),
                   _r(r["model_gflops"]), _r(r["mfu_square"], 3), _r(r["mfu_lm_head"], 3),
-                  _r(r["loss_first"], 5), _r(r["loss_last"], 5)] for r in steps]
+                  _r(r["loss_first"], 5), _r(r["loss_last"], 5), versus(r)] for r in steps]
     tables = [{"title": "Matmul throughput, GFLOP/s (jnp.dot / torch.mm, same run)",
                "columns": ["matmul", "shape", "JAX fp32", "JAX bf16", "PyTorch fp32",
                            "PyTorch bf16"], "rows": mm_rows},
@@ -472,7 +492,7 @@ def build_result(args, peaks, mm_rows, steps, parts, variants, shapes, profile) 
     for name in shapes:
         j, t = pick(name, "float32", "rlaif_jax"), pick(name, "float32", "pytorch")
         if j and t:
-            ratio = j["tokens_per_s"] / t["tokens_per_s"]
+            ratio = j["speedup_vs_pytorch"]["median"]
             headline[f"{name}_fp32_jax_tokens_per_s"] = round(j["tokens_per_s"])
             headline[f"{name}_fp32_pytorch_tokens_per_s"] = round(t["tokens_per_s"])
             headline[f"{name}_fp32_speedup_vs_pytorch"] = round(ratio, 3)

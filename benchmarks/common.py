@@ -1,7 +1,9 @@
 """Shared helpers for the benchmark scripts: machine description, timing, result files.
 
 Every benchmark script times with :func:`median_time` (warm-up calls first, then the median of
-several repeats) and writes one JSON file with :func:`write_result` into ``benchmarks/results/``;
+several repeats), or, where two sides are compared, with :func:`alternating` (the sides take
+turns, so a slow phase of the machine hits both; :func:`paired_ratio` gives the median of the
+per-round ratios and their range), and writes one JSON file with :func:`write_result` into ``benchmarks/results/``;
 ``benchmarks/run_all.py`` runs the scripts and renders ``benchmarks/results.md`` from those files.
 
 Result file schema (``benchmarks/results/<name>.json``)::
@@ -115,6 +117,37 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
         fn()
         times.append(time.perf_counter() - t0)
     return {"median_s": statistics.median(times), "times_s": times}
+
+
+def alternating(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict]:
+    """Times every call once per round, for `repeats` rounds, in turns (the order reverses each
+    round, so neither side always runs right after the other); the calls must already be warm
+    and must block until their work is done. Returns {name: {"median_s", "times_s"}}, whose
+    ``times_s[i]`` are from round ``i``.
+
+    This machine's speed changes by 2-4x over seconds (other tenants of the host: measured in
+    benchmarks/README.md), so two sides timed one after the other can land in different phases;
+    in turns, each round's pair shares one."""
+    if repeats < 1 or not calls:
+        raise ValueError("alternating needs at least one call and one round")
+    names = list(calls)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {name: {"median_s": statistics.median(ts), "times_s": ts} for name, ts in times.items()}
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> dict:
+    """Median, min and max over rounds of ``numerator[i] / denominator[i]`` (times from the same
+    round of :func:`alternating`); with speedup = their time / our time, pass theirs first."""
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError("paired_ratio needs two equally long, non-empty lists of times")
+    ratios = [a / b for a, b in zip(numerator, denominator)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+            "rounds": len(ratios)}
 
 
 def jax_matmul_flops(m: int, k: int, n: int, dtype: str, repeats: int) -> float:

@@ -116,3 +116,15 @@ def test_quick_run_both_sides_train_the_same_tokens(quick_result):
     # The warmup's first learning rate is 0; the third step's loss shows an update happened.
     fp32 = [p["rlaif_jax"] for p in compared if p["rlaif_jax"]["dtype"] == "float32"]
     assert fp32 and all(r["steps"] >= 3 and r["losses"][-1] < r["losses"][0] for r in fp32)
+
+
+def test_quick_run_speedup_is_paired_by_round(quick_result):
+    """The speedup against PyTorch is the median of per-round ratios of steps timed in turns;
+    the target quotes it."""
+    steps, targets = quick_result["raw"]["steps"], quick_result["targets"]
+    for jx in (r for r in steps if r["side"] == "rlaif_jax" and r["dtype"] == "float32"):
+        v = jx["speedup_vs_pytorch"]
+        assert v["rounds"] == jx["steps"] - 1 == 2  # --repeats 2, after the untimed first step
+        assert 0 < v["min"] <= v["median"] <= v["max"]
+        (target,) = [t for t in targets if t["name"] == f"SFT step vs PyTorch, fp32, {jx['shape']}"]
+        assert target["value"] == pytest.approx(v["median"], abs=1e-3)

@@ -115,7 +115,10 @@ def test_quick_generation_benchmark(tmp_path):
     for r in rows:
         assert r["new tokens (ours / transformers)"] == "16 / 16"
         assert r["ours tok/s"] > 0 and r["transformers tok/s"] > 0
+        # One round (--quick): the per-round ratio is the ratio of the two sides' times.
         assert r["ratio"] == pytest.approx(r["ours tok/s"] / r["transformers tok/s"], rel=0.05)
+        low, high = (float(x) for x in r["ratio range"].split("-"))
+        assert low == pytest.approx(r["ratio"], abs=0.006) == pytest.approx(high, abs=0.006)
     (target,) = result["targets"]
     assert target["target"] == 3.0 and target["met"] == (target["value"] >= 3.0)
     assert set(result["headline"]) == {"tiny_b8_greedy_ratio", "tiny_b8_sample_ratio"}
@@ -134,6 +137,34 @@ def test_quick_generation_benchmark(tmp_path):
     assert sum(row[1] for row in parts.values()) == pytest.approx(kernel_sum[1], abs=0.01)
     assert sum(row[2] for row in parts.values()) == pytest.approx(1, abs=0.01)
     assert any(note.startswith("tiny, batch 8 greedy, profile:") for note in result["notes"])
+
+
+def test_alternating_takes_turns_and_pairs_rounds():
+    """Sides run once per round in turns (order reversed every round); a pair's ratio is taken
+    within its round, so a slow phase shared by both sides cancels out of it."""
+    from benchmarks import common
+
+    order, phase = [], {"slow": 1.0}
+
+    def side(name, seconds):
+        def call():
+            order.append(name)
+            time.sleep(seconds * phase["slow"])
+            if name == "b" and len(order) >= 4:
+                phase["slow"] = 3.0  # from round 2 on, the machine is 3x slower for both
+        return call
+
+    timing = common.alternating({"a": side("a", 0.01), "b": side("b", 0.03)}, repeats=4)
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert [len(timing[k]["times_s"]) for k in "ab"] == [4, 4]
+    ratio = common.paired_ratio(timing["b"]["times_s"], timing["a"]["times_s"])
+    assert ratio["rounds"] == 4 and ratio["min"] <= ratio["median"] <= ratio["max"]
+    # b is 3x a in every round, while the medians of each side mix slow and fast rounds.
+    assert ratio["median"] == pytest.approx(3.0, rel=0.3)
+    with pytest.raises(ValueError):
+        common.paired_ratio([1.0], [1.0, 2.0])
+    with pytest.raises(ValueError):
+        common.alternating({"a": side("a", 0)}, repeats=0)
 
 
 def test_cpu_watch_counts_other_processes():
