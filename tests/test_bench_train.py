@@ -128,3 +128,23 @@ def test_quick_run_speedup_is_paired_by_round(quick_result):
         assert 0 < v["min"] <= v["median"] <= v["max"]
         (target,) = [t for t in targets if t["name"] == f"SFT step vs PyTorch, fp32, {jx['shape']}"]
         assert target["value"] == pytest.approx(v["median"], abs=1e-3)
+
+
+def test_xla_variants_compare_against_the_mean_of_the_default_rows():
+    """The default flags run first and last; each variant is divided by their mean, so the
+    machine's drift over the variants' minutes does not count against the first ones."""
+    def row(flag, tps):
+        return {"flag": flag, "accepted": tps is not None, "tokens_per_s": tps,
+                "matmul_fp32_gflops": 1.0, "matmul_bf16_gflops": 1.0,
+                "error": None if tps else "rejected"}
+
+    variants = [row(None, 100.0), row("--a", 132.0), row("--bad", None), row(None, 120.0)]
+    peaks = {"square": {"float32": 1e11, "bfloat16": 1e10},
+             "torch_square": {"float32": 1e11, "bfloat16": 1e9}, "lm_head": {}}
+    args = type("Args", (), {"quick": False})
+    result = bench_train.build_result(args, peaks, [], [], None, variants, {"tiny": {}}, None)
+    (table,) = [t for t in result["tables"] if t["title"].startswith("XLA_FLAGS variants")]
+    vs_default = {row[0] + str(i): row[3] for i, row in enumerate(table["rows"])}
+    assert vs_default == {"(default)0": pytest.approx(100 / 110, abs=1e-3), "--a1": 1.2,
+                          "--bad2": None, "(default)3": pytest.approx(120 / 110, abs=1e-3)}
+    assert any("--bad" in n for n in result["notes"])
