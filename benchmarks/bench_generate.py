@@ -30,7 +30,11 @@ flip a near-tie, after which a row diverges). Per batch size the script also tim
 any sampler on XLA's matmuls could reach (see the notes written with the result). One greedy
 batch (``--profile-batch``, default 8) is also traced with ``jax.profiler``: its XLA kernel time
 per decode step by part of the step (weight matmuls, LM head, attention over the cache, layer
-norms, token choice, prefill), the kernels per step, and the untraced step time beside them.
+norms, token choice, prefill), the kernels per step, and the untraced step time beside them;
+for the tiny size the same step is also rebuilt from its parts (``decode_buildup``: weight
+matmuls, then layer norms / biases / GELU, the KV-cache write, the attention over the cache),
+each stage a jitted loop timed untraced in turns with the real generate, since the profiler's
+per-kernel overhead inflates small kernels inside a loop.
 
 ``--quick`` is a smoke run (tiny size, batch 8 greedy and sampled, 16 new tokens, one repeat).
 """
@@ -54,7 +58,7 @@ import transformers
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from benchmarks import common  # noqa: E402
 from benchmarks.common import median_time, write_result  # noqa: E402
-from rlaif_jax.models import build, hf_import  # noqa: E402
+from rlaif_jax.models import attention, build, gpt2, hf_import  # noqa: E402
 from rlaif_jax.models.gpt2 import count_params  # noqa: E402
 from rlaif_jax.sampling import SamplingParams, left_pad, make_generate_fn  # noqa: E402
 
@@ -187,6 +191,75 @@ def matmul_floor(hf, params, batch: int, steps: int = FLOOR_STEPS):
     return xla_run, torch_run
 
 
+# The decode step built up from its weight matmuls, one part at a time (`decode_buildup`).
+BUILDUP_STAGES = ("weight matmuls + LM head", "+ layer norms, biases, GELU", "+ KV-cache write",
+                  "+ attention over the cache (models.attention.cached_attend)")
+
+
+def decode_buildup(params, cfg, ours_run, batch: int, prompt_len: int, n_new: int,
+                   repeats: int) -> tuple[list, dict]:
+    """ms per decode step of the step rebuilt from its parts, each stage a jitted loop of `n_new`
+    steps on a [batch, n_embd] state with the real weights and a real KV cache
+    (``gpt2.init_cache``, written and read as the model does), timed untraced and in turns
+    with our real generate (`ours_run`). Rows: [stage, ms/step, + over the previous stage]; the
+    last row is the real step. This finds what a step's time goes to without the profiler,
+    whose per-kernel overhead inflates small kernels inside a loop."""
+    t = params["transformer"]
+    D, H = cfg.n_embd, cfg.n_head
+    Dh, S = D // H, prompt_len + n_new
+    blocks = [t[f"h_{i}"] for i in range(cfg.n_layer)]
+    wte = t["wte"]["embedding"]
+
+    def norm(x, p, on):
+        if not on:
+            return x
+        mean = x.mean(-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(-1, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + cfg.layer_norm_epsilon) * p["scale"] + p["bias"]
+
+    def make(stage: int):
+        def step(i, carry):
+            x, ck, cv = carry
+            slot, h = prompt_len + i, x
+            for layer, b in enumerate(blocks):
+                qkv = norm(h, b["ln_1"], stage >= 1) @ b["attn"]["c_attn"]["kernel"]
+                qkv = qkv + b["attn"]["c_attn"]["bias"] if stage >= 1 else qkv
+                q, k, v = (a.reshape(batch, 1, H, Dh) for a in jnp.split(qkv, 3, axis=-1))
+                if stage == 2:
+                    ck, cv = (jax.lax.dynamic_update_slice(c, a[None], (layer, 0, slot, 0, 0))
+                              for c, a in ((ck, k), (cv, v)))
+                if stage >= 3:
+                    att, (ck, cv) = attention.cached_attend(
+                        q, k, v, jnp.ones((batch, S), bool), (ck, cv, layer, slot), scale=Dh ** -0.5)
+                else:
+                    att = q + k + v
+                o = att.reshape(batch, D) @ b["attn"]["c_proj"]["kernel"]
+                h = h + (o + b["attn"]["c_proj"]["bias"] if stage >= 1 else o)
+                f = norm(h, b["ln_2"], stage >= 1) @ b["mlp"]["c_fc"]["kernel"]
+                f = jax.nn.gelu(f + b["mlp"]["c_fc"]["bias"], approximate=True) if stage >= 1 else f
+                o = f @ b["mlp"]["c_proj"]["kernel"]
+                h = h + (o + b["mlp"]["c_proj"]["bias"] if stage >= 1 else o)
+            logits = norm(h, t["ln_f"], stage >= 1) @ wte.T  # the max keeps every logit needed
+            return x + 1e-6 * logits.max(axis=-1, keepdims=True), ck, cv
+
+        run = jax.jit(lambda x, ck, cv: jax.lax.fori_loop(0, n_new, step, (x, ck, cv)))
+        cache = gpt2.init_cache(cfg, batch, S)
+        args = (jnp.ones((batch, D), jnp.float32), cache["k"], cache["v"])
+        jax.block_until_ready(run(*args))  # compile
+        return lambda: jax.block_until_ready(run(*args))
+
+    calls = {name: make(i) for i, name in enumerate(BUILDUP_STAGES)}
+    calls["our generate (the real step)"] = ours_run
+    timing = common.alternating(calls, repeats)
+    rows, previous = [], None
+    for name, tm in timing.items():
+        ms = 1e3 * tm["median_s"] / n_new
+        rows.append([name, round(ms, 3), round(ms - previous, 3) if previous is not None else "-"])
+        previous = ms
+    shares = {name: 1e3 * tm["median_s"] / n_new for name, tm in timing.items()}
+    return rows, shares
+
+
 # Parts of a decode step, by the op_name of each XLA kernel (first match wins).
 DECODE_PARTS = (
     ("LM head", ("lm_logits",)),
@@ -223,7 +296,7 @@ def decode_profile(call, n_new: int, step_ms: float, trace_dir: str) -> tuple[li
 
 
 def bench_size(size: str, batches, sample_batches, prompt_len: int, n_new: int, top_p: float,
-               repeats: int, profile_batch: int | None):
+               repeats: int, profile_batch: int | None, buildup_sizes=("tiny",)):
     with tempfile.TemporaryDirectory() as tmp:
         hf, model, params = build_models(size, tmp)
     cfg = model.config
@@ -232,7 +305,7 @@ def bench_size(size: str, batches, sample_batches, prompt_len: int, n_new: int, 
     # Matmul parameters (the four matrices of each block + the tied LM head): 2 FLOPs each per
     # generated token, and 4 bytes each read per decode step (attention over ~100 keys adds ~2%).
     matmul_params = 12 * cfg.n_layer * cfg.n_embd ** 2 + cfg.vocab_size * cfg.n_embd
-    rows, ratios, profile = [], {}, None
+    rows, ratios, profile, buildup = [], {}, None, None
     for batch in batches:
         ids, mask = prompts(batch, prompt_len, cfg.vocab_size, seed=batch)
         floor_calls = matmul_floor(hf, params, batch)
@@ -259,6 +332,9 @@ def bench_size(size: str, batches, sample_batches, prompt_len: int, n_new: int, 
                 with tempfile.TemporaryDirectory() as trace_dir:
                     profile = decode_profile(ours_run, n_new, 1e3 * ours["median_s"] / n_new, trace_dir)
                 profile[1].update(batch=batch, floor_ms=floor_xla, over_floor=overhead["median"])
+                if size in buildup_sizes:
+                    buildup = decode_buildup(params, cfg, ours_run, batch, prompt_len, n_new, repeats)
+                    profile[1]["buildup"] = buildup[1]
             ours_tps = batch * n_new / ours["median_s"]
             hf_tps = batch * n_new / theirs["median_s"]
             decoding = "greedy" if greedy else f"sample T={TEMPERATURE}" + (
@@ -292,6 +368,10 @@ def bench_size(size: str, batches, sample_batches, prompt_len: int, n_new: int, 
         tables.append({"title": f"{size}: where a decode step goes (batch {profile[1]['batch']} "
                                 "greedy, XLA kernel time from a jax.profiler trace)",
                        "columns": ["part", "ms/step", "share", "kernels/step"], "rows": profile[0]})
+    if buildup is not None:
+        tables.append({"title": f"{size}: the decode step built up from its parts (batch "
+                                f"{profile[1]['batch']} greedy, untraced, timed in turns)",
+                       "columns": ["stage", "ms/step", "+ ms/step"], "rows": buildup[0]})
     return tables, ratios, (profile[1] if profile else None)
 
 
@@ -314,6 +394,14 @@ def profile_notes(profiles: dict) -> list[str]:
             f"cache {attention:.2f} ms ({attention / prof['kernel_ms']:.0%}), everything else "
             f"{rest:.2f} ms ({rest / prof['kernel_ms']:.0%}). Tracing adds a few microseconds per "
             "kernel, so compare shares, and the wall time row for the untraced step.")
+        if "buildup" in prof:
+            b = list(prof["buildup"].values())
+            notes.append(
+                f"{size}, batch {prof['batch']} greedy, built up untraced in turns: weight matmuls "
+                f"+ LM head {b[0]:.2f} ms/step, with layer norms, biases and GELU {b[1]:.2f}, with "
+                f"the KV-cache write {b[2]:.2f}, with the attention over the cache {b[3]:.2f}; our "
+                f"real step {b[4]:.2f}. The attention over the cache adds {b[3] - b[2]:.2f} ms, "
+                f"{(b[3] - b[2]) / b[4]:.0%} of the real step.")
     return notes
 
 

@@ -107,7 +107,7 @@ def test_quick_generation_benchmark(tmp_path):
         assert key in result, key
     assert result["benchmark"] == "generate" and result["quick"] is True
     assert result["machine"]["cores"] == os.cpu_count() and result["versions"]["torch"]
-    table, profile = result["tables"]
+    table, profile, buildup = result["tables"]
     columns = table["columns"]
     rows = [dict(zip(columns, row)) for row in table["rows"]]
     assert all(len(row) == len(columns) for row in table["rows"])
@@ -137,6 +137,19 @@ def test_quick_generation_benchmark(tmp_path):
     assert sum(row[1] for row in parts.values()) == pytest.approx(kernel_sum[1], abs=0.01)
     assert sum(row[2] for row in parts.values()) == pytest.approx(1, abs=0.01)
     assert any(note.startswith("tiny, batch 8 greedy, profile:") for note in result["notes"])
+    # The step rebuilt from its parts: each stage runs the step's work up to that part (ms/step
+    # > 0), each row's increment is its difference from the row before, and the last row is the
+    # real generate.
+    from benchmarks import bench_generate
+
+    stages = buildup["rows"]
+    assert [r[0] for r in stages[:4]] == list(bench_generate.BUILDUP_STAGES)
+    assert stages[-1][0] == "our generate (the real step)" and len(stages) == 5
+    assert all(r[1] > 0 for r in stages)
+    for before, row in zip(stages, stages[1:]):
+        assert row[2] == pytest.approx(row[1] - before[1], abs=0.002)
+    assert any(note.startswith("tiny, batch 8 greedy, built up untraced in turns:")
+               for note in result["notes"])
 
 
 def test_alternating_takes_turns_and_pairs_rounds():
