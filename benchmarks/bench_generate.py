@@ -22,8 +22,9 @@ Each (side, batch, decoding) is warmed up (ours: by the first call, which compil
 by a generate of 8 tokens), then the two sides are timed in turns over ``--repeats`` rounds
 (``common.alternating``: this machine's speed drifts by 2-4x over seconds, and a pair of calls in
 one round shares a phase). tok/s and ms/step are per-side medians; ``ratio`` is the median over
-rounds of that round's transformers time / ours, and ``ratio range`` its min-max. tok/s counts new tokens over all rows (``batch * new_tokens / median time``); ms/step is the
-median time over ``new_tokens`` (the prefill amortised in). ``greedy same`` is the share of greedy
+rounds of that round's transformers time / ours, and ``ratio range`` its min-max. tok/s counts
+new tokens over all rows (``batch * new_tokens / median time``); ms/step is the median time over
+``new_tokens`` (the prefill amortised in). ``greedy same`` is the share of greedy
 tokens identical on both sides (a sanity check that both ran the same model; float32 rounding can
 flip a near-tie, after which a row diverges). Per batch size the script also times each side's
 "matmul floor": the decode step's weight matmuls alone (``matmul_floor``), which bounds the ratio
@@ -57,7 +58,7 @@ import transformers
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from benchmarks import common  # noqa: E402
-from benchmarks.common import median_time, write_result  # noqa: E402
+from benchmarks.common import write_result  # noqa: E402
 from rlaif_jax.models import attention, build, gpt2, hf_import  # noqa: E402
 from rlaif_jax.models.gpt2 import count_params  # noqa: E402
 from rlaif_jax.sampling import SamplingParams, left_pad, make_generate_fn  # noqa: E402
@@ -250,14 +251,12 @@ def decode_buildup(params, cfg, ours_run, batch: int, prompt_len: int, n_new: in
 
     calls = {name: make(i) for i, name in enumerate(BUILDUP_STAGES)}
     calls["our generate (the real step)"] = ours_run
-    timing = common.alternating(calls, repeats)
-    rows, previous = [], None
-    for name, tm in timing.items():
-        ms = 1e3 * tm["median_s"] / n_new
-        rows.append([name, round(ms, 3), round(ms - previous, 3) if previous is not None else "-"])
-        previous = ms
-    shares = {name: 1e3 * tm["median_s"] / n_new for name, tm in timing.items()}
-    return rows, shares
+    ms = {name: 1e3 * tm["median_s"] / n_new
+          for name, tm in common.alternating(calls, repeats).items()}
+    steps = list(ms.values())
+    rows = [[name, round(step, 3), round(step - steps[i - 1], 3) if i else "-"]
+            for i, (name, step) in enumerate(ms.items())]
+    return rows, ms
 
 
 # Parts of a decode step, by the op_name of each XLA kernel (first match wins).
@@ -466,8 +465,8 @@ def main(argv=None):
         "rate shows how matmul-bound it is; ms/step that hardly changes with batch at the tiny "
         "size is per-step overhead.",
         "Matmul floor: ms per step of the step's weight matmuls alone (4 per block + the LM "
-        f"head, at the batch size; XLA: a jitted loop of {FLOOR_STEPS} steps; torch: a Python loop of the "
-        "same matmuls under inference_mode), timed in the same rounds as the two generates. A "
+        f"head, at the batch size; XLA: a jitted loop of {FLOOR_STEPS} steps; torch: a Python "
+        "loop of the same matmuls under inference_mode), timed in the same rounds as the two generates. A "
         "step cannot be faster than its floor, so 'ratio bound' = transformers ms/step / XLA "
         "floor is the most our sampler could reach against transformers if its step were "
         "nothing but these matmuls; 'ours / XLA floor' is our own overhead (attention, norms, "

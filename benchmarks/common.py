@@ -3,7 +3,8 @@
 Every benchmark script times with :func:`median_time` (warm-up calls first, then the median of
 several repeats), or, where two sides are compared, with :func:`alternating` (the sides take
 turns, so a slow phase of the machine hits both; :func:`paired_ratio` gives the median of the
-per-round ratios and their range), and writes one JSON file with :func:`write_result` into ``benchmarks/results/``;
+per-round ratios and their range), and writes one JSON file with :func:`write_result` into
+``benchmarks/results/``;
 ``benchmarks/run_all.py`` runs the scripts and renders ``benchmarks/results.md`` from those files.
 
 Result file schema (``benchmarks/results/<name>.json``)::
