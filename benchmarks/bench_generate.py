@@ -227,13 +227,15 @@ def decode_buildup(params, cfg, ours_run, batch: int, prompt_len: int, n_new: in
                 qkv = qkv + b["attn"]["c_attn"]["bias"] if stage >= 1 else qkv
                 q, k, v = (a.reshape(batch, 1, H, Dh) for a in jnp.split(qkv, 3, axis=-1))
                 if stage == 2:
-                    ck, cv = (jax.lax.dynamic_update_slice(c, a[None], (layer, 0, slot, 0, 0))
-                              for c, a in ((ck, k), (cv, v)))
+                    new = [jax.lax.dynamic_update_slice(c[layer], a.transpose(0, 2, 1, 3), (0, 0, slot, 0))
+                           for c, a in ((ck, k), (cv, v))]
                 if stage >= 3:
-                    att, (ck, cv) = attention.cached_attend(
-                        q, k, v, jnp.ones((batch, S), bool), (ck, cv, layer, slot), scale=Dh ** -0.5)
+                    att, new = attention.cached_attend(
+                        q, k, v, jnp.ones((batch, S), bool), (ck[layer], cv[layer], slot), scale=Dh ** -0.5)
                 else:
                     att = q + k + v
+                if stage >= 2:
+                    ck, cv = (c[:layer] + (n,) + c[layer + 1:] for c, n in zip((ck, cv), new))
                 o = att.reshape(batch, D) @ b["attn"]["c_proj"]["kernel"]
                 h = h + (o + b["attn"]["c_proj"]["bias"] if stage >= 1 else o)
                 f = norm(h, b["ln_2"], stage >= 1) @ b["mlp"]["c_fc"]["kernel"]

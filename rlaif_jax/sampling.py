@@ -1,4 +1,4 @@
-"""Compiled autoregressive sampling for :class:`~rlaif_jax.models.gpt2.GPT2LMHeadModel`.
+"""Compiled autoregressive sampling for either model family (GPT-2, Llama).
 
 One prefill call over the left-padded prompt fills a KV cache of
 ``prompt_len + max_new_tokens`` slots, then a ``jax.lax.while_loop`` decodes one
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlaif_jax.models.gpt2 import init_cache
+from rlaif_jax.models.build import init_cache
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

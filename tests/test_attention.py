@@ -114,16 +114,15 @@ def test_bfloat16_inputs_stay_close_to_float32():
 @pytest.mark.parametrize("kv_heads", [4, 2])
 @pytest.mark.parametrize("index", [0, 5, 20, 47])
 def test_decode_attend_matches_reference(kv_heads, index):
-    """One query at cache slot `index` over layer 1 of a 2-layer cache, every static width."""
+    """One query at cache slot `index` over a heads-major [B, Hc, S, Dh] layer cache."""
     S = 48
     q, k, v = _qkv(5, 4, kv_heads, t=1, s=S)
     valid = np.ones((B, S), bool)
     valid[1, :3] = False
     valid[2, 40:] = False  # beyond the query for most indices
     valid = jnp.asarray(valid)
-    cache_k = jnp.stack([jnp.zeros_like(k), k])
-    cache_v = jnp.stack([jnp.zeros_like(v), v])
-    out = jax.jit(lambda i: decode_attend(q, cache_k, cache_v, 1, i, valid, scale=DH**-0.5))(jnp.int32(index))
+    cache_k, cache_v = (x.transpose(0, 2, 1, 3) for x in (k, v))
+    out = jax.jit(lambda i: decode_attend(q, cache_k, cache_v, i, valid, scale=DH**-0.5))(jnp.int32(index))
     expected = _reference(q, k, v, valid, q_offset=index)
     rows = _rows_with_a_key(valid, q_offset=index, t=1)
     assert rows.any()

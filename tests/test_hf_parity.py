@@ -127,12 +127,12 @@ def test_imported_logits_match_transformers(arch, hf_models):
     assert np.abs(ours).max() > 1.0  # the weights are far from trivial
 
 
-@pytest.mark.parametrize("arch,layout", [("llama", "compact")])
+@pytest.mark.parametrize("arch,layout", [("llama", "compact"), ("llama", "per_query_head")])
 def test_kv_cache_decoding_equals_the_full_forward(arch, layout, hf_models):
     """Prefill 5 tokens, a 2-token chunk, then single-token steps; as one full forward.
 
-    (The sampler's ``gpt2.init_cache`` layout, one cache head per query head, is covered by
-    the greedy-generation test, which compares every decoded step with transformers.)
+    ``compact`` is the sampler's layout (``n_kv_head`` cache heads); ``per_query_head`` is
+    ``gpt2.init_cache``'s, each key/value stored once per query head.
     """
     cfg, params = hf_import.load_lm(hf_models[arch][1])
     model = build.make_lm(cfg)
@@ -142,7 +142,7 @@ def test_kv_cache_decoding_equals_the_full_forward(arch, layout, hf_models):
     full = _our_logits(cfg, params, ids, mask, positions)
     make_cache = llama.init_cache if layout == "compact" else gpt2.init_cache
     cache = make_cache(cfg, ids.shape[0], 12)
-    assert cache["k"].shape[3] == (cfg.n_kv_head if layout == "compact" else cfg.n_head)
+    assert cache["k"][0].shape[1] == (cfg.n_kv_head if layout == "compact" else cfg.n_head)
     step = jax.jit(lambda p, i, q, c: model.apply({"params": p}, i, positions=q, attention_mask=mask, cache=c))
     pieces = []
     for start, stop in [(0, 5), (5, 7)] + [(t, t + 1) for t in range(7, 12)]:

@@ -19,7 +19,10 @@ Multi-token calls (training, scoring, prefill) use :func:`attend`:
 * **Heads-major layout**: q, k, v are transposed once to ``[B, Hc, (G,) T, Dh]``, so XLA's
   batched dots do not transpose a slice of k/v for every block.
 
-Single-token decoding over a KV cache uses :func:`decode_attend` (see its docstring).
+With a KV cache (:func:`cached_attend`), each layer's keys and values are kept heads-major,
+``[B, Hc, S, Dh]``, in arrays of their own: new entries are written in place, a prefill attends
+over them without a transpose, and single-token decoding (:func:`decode_attend`) multiplies one
+query with them as plain batched matmuls.
 
 Scores and softmax are float32 whatever the compute dtype. A query with no valid key (a pad
 row of a left-padded batch) gets a finite, unspecified output; nothing valid reads it.
@@ -27,7 +30,6 @@ row of a left-padded batch) gets a finite, unspecified output; nothing valid rea
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -42,8 +44,6 @@ MASK_VALUE = -1e30
 # Query block of the block-causal path (a multiple of 8; measured on XLA:CPU at T = 512,
 # 64 and 256 were no better).
 QUERY_BLOCK = 128
-# Single-token decoding: at most this many static attention widths (see decode_attend).
-DECODE_WINDOWS = 8
 
 
 def weights_dropout(rate: float, deterministic: bool) -> Callable[[Array], Array] | None:
@@ -79,14 +79,22 @@ def attend(
     cache index) attends over all ``S`` slots in one block. ``dropout`` maps the attention
     weights to their dropped-out version (None: no dropout). The result has ``v``'s dtype.
     """
-    B, T, H, Dh = q.shape
-    S = k.shape[1]
-    Hc, G = _check_heads(H, k.shape[2])
+    B, S = q.shape[0], k.shape[1]
+    _check_heads(q.shape[2], k.shape[2])
     if key_valid.shape != (B, S):
         raise ValueError(f"key_valid shape {key_valid.shape} != {(B, S)}")
+    kt, vt = (x.transpose(0, 2, 1, 3) for x in (k, v))  # [B, Hc, S, Dh]
+    return _attend_heads_major(q, kt, vt, key_valid, q_offset=q_offset, scale=scale, dropout=dropout,
+                               block=block)
+
+
+def _attend_heads_major(q, kt, vt, key_valid, *, q_offset, scale, dropout, block):
+    """:func:`attend` with heads-major keys and values ``kt``/``vt`` [B, Hc, S, Dh]."""
+    B, T, H, Dh = q.shape
+    S = kt.shape[2]
+    Hc, G = _check_heads(H, kt.shape[1])
     key_valid = key_valid.astype(jnp.bool_)
     qt = q.reshape(B, T, Hc, G, Dh).transpose(0, 2, 3, 1, 4)  # [B, Hc, G, T, Dh]
-    kt, vt = (x.transpose(0, 2, 1, 3) for x in (k, v))  # [B, Hc, S, Dh]
     static = isinstance(q_offset, int)
     step = block if static else T
     outs = []
@@ -105,92 +113,57 @@ def attend(
         total = jnp.sum(weights, axis=-1, keepdims=True)
         if dropout is not None:
             weights = dropout(weights)
-        out = jnp.einsum("bcqk,bckd->bcqd", weights.astype(v.dtype).reshape(*rows, n_keys), vt[:, :, :n_keys],
+        out = jnp.einsum("bcqk,bckd->bcqd", weights.astype(vt.dtype).reshape(*rows, n_keys), vt[:, :, :n_keys],
                          preferred_element_type=jnp.float32)
         out = out.reshape(B, Hc, G, stop - start, Dh)
-        outs.append((out / total).astype(v.dtype))
+        outs.append((out / total).astype(vt.dtype))
     out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
     return out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, Dh)
-
-
-# Single-token decoding (T == 1 with a cache) has its own code, exact up to float rounding; the
-# batched dots of `attend` are slow there on XLA:CPU:
-#  * A dot with batch dims (b, h) makes XLA transpose the cache so that h is major, copying the
-#    whole cache slice of every layer at every step. The single query is instead multiplied
-#    with the cache in its own layout, as [B, S*Hc, Dh] matrices, and only the entries of each
-#    query head's own key/value head are kept (H times the FLOPs, negligible for one query).
-#  * Only the slots before the query's own (``index + 1``) can be attended, so the matmuls read
-#    just the first ``width`` slots, for the smallest of a few static widths
-#    (:func:`decode_widths`) that covers them, picked by ``lax.switch``. The skipped slots are
-#    causally masked; scores and softmax still span all S slots.
-
-
-def decode_widths(max_len: int) -> list[int]:
-    """The static attention widths for decoding: at most ``DECODE_WINDOWS``, a multiple of 8
-    apart, the last one ``max_len``."""
-    step = -(-max_len // (8 * DECODE_WINDOWS)) * 8
-    return list(range(step, max_len, step)) + [max_len]
-
-
-def _same_group(n_query: int, n_cache: int) -> Array:
-    """[n_cache, n_query] bool: cache head ``c`` serves query head ``h`` (``h // groups == c``)."""
-    groups = n_query // n_cache
-    return (jnp.arange(n_query)[None, :] // groups) == jnp.arange(n_cache)[:, None]
-
-
-def _decode_scores(q, cache_k, layer, width):
-    """float32 scores [B, H, S] of one query over the cache slots ``< width`` (the rest
-    ``MASK_VALUE``)."""
-    B, _, H, Dh = q.shape
-    S, Hc = cache_k.shape[2], cache_k.shape[3]
-    k = cache_k[layer, :, :width].reshape(B, width * Hc, Dh)
-    pairs = jnp.einsum("bnd,bhd->bnh", k, q[:, 0], preferred_element_type=jnp.float32)
-    own = _same_group(H, Hc)  # [cache head, query head]
-    scores = jnp.sum(jnp.where(own, pairs.reshape(B, width, Hc, H), 0.0), axis=2)  # exact: adds zeros
-    return jnp.pad(scores.transpose(0, 2, 1), ((0, 0), (0, 0), (0, S - width)), constant_values=MASK_VALUE)
-
-
-def _decode_values(probs, cache_v, layer, width):
-    """[B, 1, H, Dh]: ``probs`` [B, H, S] times the cache values over slots ``< width``; the
-    probabilities are spread to [B, H, width*Hc] (zero off the query head's own value head)."""
-    B, H, _ = probs.shape
-    Hc, Dh = cache_v.shape[3], cache_v.shape[4]
-    own = _same_group(H, Hc).T  # [query head, cache head]
-    spread = jnp.where(own[:, None, :], probs[:, :, :width, None], 0).reshape(B, H, width * Hc)
-    v = cache_v[layer, :, :width].reshape(B, width * Hc, Dh)
-    return jnp.einsum("bhn,bnd->bhd", spread, v)[:, None]
 
 
 def decode_attend(
     q: Array,
     cache_k: Array,
     cache_v: Array,
-    layer: int,
     index: Array,
     key_valid: Array,
     *,
     scale: float,
     dropout: Callable[[Array], Array] | None = None,
 ) -> Array:
-    """Attention of one query per row (``q`` [B, 1, H, Dh], at slot ``index``) over layer
-    ``layer`` of the whole cache arrays ``cache_k``/``cache_v`` [L, B, S, Hc, Dh], whose slot
-    ``index`` already holds the query's own key/value; ``key_valid`` [B, S]. Returns
-    [B, 1, H, Dh] in the cache dtype."""
-    _check_heads(q.shape[2], cache_k.shape[3])
+    """Attention of one query per row (``q`` [B, 1, H, Dh], at slot ``index``) over one layer's
+    heads-major cache ``cache_k``/``cache_v`` [B, Hc, S, Dh], whose slot ``index`` already holds
+    the query's own key/value; ``key_valid`` [B, S]. Returns [B, 1, H, Dh] in the cache dtype.
+
+    The cache is already heads-major, so both products are plain batched matmuls over
+    ``(b, c)`` with the ``G`` query heads of a key/value head as the rows: nothing is
+    transposed or copied per step. All ``S`` slots are read; the ones after ``index`` are
+    causally masked.
+    """
+    B, _, H, Dh = q.shape
+    Hc, G = _check_heads(H, cache_k.shape[1])
     S = cache_k.shape[2]
-    widths = decode_widths(S)
-    branch = jnp.sum(jnp.asarray(widths) < index + 1)  # smallest width covering the query's slot
-    scores = jax.lax.switch(
-        branch, [functools.partial(_decode_scores, layer=layer, width=w) for w in widths], q, cache_k
-    )
+    qg = q.reshape(B, Hc, G, Dh)  # query head h = c * G + g
+    scores = jnp.einsum("bcgd,bcsd->bcgs", qg, cache_k, preferred_element_type=jnp.float32) * scale
     valid = key_valid.astype(jnp.bool_) & (jnp.arange(S) <= index)[None, :]  # [B, S]
-    scores = jnp.where(valid[:, None, :], scores * scale, MASK_VALUE)
+    scores = jnp.where(valid[:, None, None, :], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(cache_v.dtype)
     if dropout is not None:
         probs = dropout(probs)
-    return jax.lax.switch(
-        branch, [functools.partial(_decode_values, layer=layer, width=w) for w in widths], probs, cache_v
-    )
+    out = jnp.einsum("bcgs,bcsd->bcgd", probs, cache_v, preferred_element_type=jnp.float32)
+    return out.astype(cache_v.dtype).reshape(B, 1, H, Dh)
+
+
+def empty_cache(n_layer: int, batch_size: int, max_len: int, n_heads: int, head_dim: int,
+                dtype) -> dict:
+    """An empty KV cache: ``{"k", "v": n_layer-tuples of zeros [batch_size, n_heads, max_len,
+    head_dim] in dtype, "index": int32 0}`` (the number of slots already written)."""
+    shape = (batch_size, n_heads, max_len, head_dim)
+    return {
+        "k": tuple(jnp.zeros(shape, dtype) for _ in range(n_layer)),
+        "v": tuple(jnp.zeros(shape, dtype) for _ in range(n_layer)),
+        "index": jnp.zeros((), jnp.int32),
+    }
 
 
 def cached_attend(
@@ -206,26 +179,27 @@ def cached_attend(
     """One attention layer's core with an optional KV cache: ``(out [B, T, H, Dh], new cache)``.
 
     ``layer_cache`` is None (training / scoring: :func:`attend` over ``k``/``v``) or
-    ``(cache_k, cache_v, layer, index)`` with the WHOLE cache arrays [L, B, S, Hc, Dh]: the ``T``
-    new keys/values (``Hkv`` heads, repeated to the cache's ``Hc``) are written in place at
-    slots ``[index, index + T)`` of ``layer``, then one query decodes with
-    :func:`decode_attend` and several attend over the cache with :func:`attend`.
+    ``(cache_k, cache_v, index)`` with this layer's heads-major cache arrays [B, Hc, S, Dh]:
+    the ``T`` new keys/values (``Hkv`` heads, repeated to the cache's ``Hc``) are written in
+    place at slots ``[index, index + T)``, then one query decodes with :func:`decode_attend`
+    and several attend over the cache with :func:`attend`. Returns the updated
+    ``(cache_k, cache_v)``.
     """
     if layer_cache is None:
         return attend(q, k, v, key_valid, scale=scale, dropout=dropout), None
-    cache_k, cache_v, layer, index = layer_cache
-    H, Hkv, Hc = q.shape[2], k.shape[2], cache_k.shape[3]
+    cache_k, cache_v, index = layer_cache
+    H, Hkv, Hc = q.shape[2], k.shape[2], cache_k.shape[1]
     if Hc % Hkv or H % Hc:
         raise ValueError(f"cache has {Hc} heads; need a multiple of {Hkv} key/value heads "
                          f"dividing {H} query heads")
-    start = (layer, 0, index, 0, 0)
     if Hc != Hkv:
         k, v = (jnp.repeat(t, Hc // Hkv, axis=2) for t in (k, v))
-    cache_k, cache_v = (jax.lax.dynamic_update_slice(cache, t[None].astype(cache.dtype), start)
+    cache_k, cache_v = (jax.lax.dynamic_update_slice(cache, t.transpose(0, 2, 1, 3).astype(cache.dtype),
+                                                     (0, 0, index, 0))
                         for cache, t in ((cache_k, k), (cache_v, v)))
     if q.shape[1] == 1:
-        out = decode_attend(q, cache_k, cache_v, layer, index, key_valid, scale=scale, dropout=dropout)
+        out = decode_attend(q, cache_k, cache_v, index, key_valid, scale=scale, dropout=dropout)
     else:
-        out = attend(q, cache_k[layer], cache_v[layer], key_valid, q_offset=index, scale=scale,
-                     dropout=dropout)
+        out = _attend_heads_major(q, cache_k, cache_v, key_valid, q_offset=index, scale=scale,
+                                  dropout=dropout, block=QUERY_BLOCK)
     return out, (cache_k, cache_v)

@@ -16,13 +16,14 @@ are ``transformer.wte.attend(hidden)``).
 
 KV cache layout (see :func:`init_cache`)::
 
-    {"k": [L, B, S, H, Dh], "v": [L, B, S, H, Dh]  (compute dtype),
+    {"k": L-tuple of [B, H, S, Dh], "v": L-tuple of [B, H, S, Dh]  (compute dtype),
      "index": int32 scalar  (number of slots already written)}
 
 A call with a cache writes its ``T`` new tokens at slots ``[index, index + T)``
 and returns the cache with ``index + T``; slot numbers are independent of the
-position ids, so left-padded prompts can be prefilled in one call. The new rows
-are written into the ``[L,B,S,H,Dh]`` arrays in place (no per-layer copies). The attention
+position ids, so left-padded prompts can be prefilled in one call. Each layer's
+heads-major arrays are updated in place (inside a decode loop XLA carries each
+buffer and writes the new slot into it; nothing is sliced out or re-stacked). The attention
 core (block-causal for multi-token calls, a decode-specific one for single tokens) is
 :mod:`rlaif_jax.models.attention`, shared with the Llama family.
 """
@@ -37,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rlaif_jax.models.attention import cached_attend, weights_dropout
+from rlaif_jax.models.attention import cached_attend, empty_cache, weights_dropout
 from rlaif_jax.models.residual import materialize_grad
 
 Array = jax.Array
@@ -161,12 +162,8 @@ class ModelOutput(NamedTuple):
 
 def init_cache(config: GPT2Config, batch_size: int, max_len: int) -> Cache:
     """An empty KV cache with ``max_len`` slots (layout in the module docstring)."""
-    shape = (config.n_layer, batch_size, max_len, config.n_head, config.head_dim)
-    return {
-        "k": jnp.zeros(shape, config.compute_dtype),
-        "v": jnp.zeros(shape, config.compute_dtype),
-        "index": jnp.zeros((), jnp.int32),
-    }
+    return empty_cache(config.n_layer, batch_size, max_len, config.n_head, config.head_dim,
+                       config.compute_dtype)
 
 
 def count_params(params) -> int:
@@ -202,14 +199,9 @@ class GPT2Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, key_valid, layer_cache, deterministic):
-        """``key_valid`` [B,S] bool; ``layer_cache`` None or ``(k, v, layer, index)``.
-
-        ``k``/``v`` are the WHOLE cache arrays [L,B,S,H,Dh] (not this layer's
-        slice): the ``T`` new keys/values are written straight into them at
-        ``(layer, :, index)`` and the updated arrays are returned as
-        ``new_layer_cache = (k, v)``. Inside a decode loop this lets XLA update the
-        loop-carried cache in place, instead of slicing out, updating and
-        re-stacking a copy of every layer each step.
+        """``key_valid`` [B,S] bool; ``layer_cache`` None or ``(k, v, index)`` with this
+        layer's cache arrays [B,H,S,Dh]: the ``T`` new keys/values are written into them at
+        slot ``index`` and the updated arrays are returned as ``new_layer_cache = (k, v)``.
         """
         cfg = self.config
         B, T, _ = x.shape
@@ -278,7 +270,7 @@ class GPT2Trunk(nn.Module):
     def __call__(self, input_ids, *, positions=None, attention_mask=None, cache=None, deterministic=True):
         """Returns ``(hidden [B,T,D], new_cache or None)``; arguments as in :class:`GPT2LMHeadModel`."""
         B, T = input_ids.shape
-        offset, kv_len = (0, T) if cache is None else (cache["index"], cache["k"].shape[2])
+        offset, kv_len = (0, T) if cache is None else (cache["index"], cache["k"][0].shape[2])
         q_slots = offset + jnp.arange(T)  # cache slot of each query
         if positions is None:
             positions = jnp.broadcast_to(q_slots, (B, T))
@@ -290,16 +282,15 @@ class GPT2Trunk(nn.Module):
 
         x = self.wte(input_ids) + self.wpe(positions)
         x = self.drop(x, deterministic=deterministic)
-        # Each block writes its new keys/values into the full [L,B,S,H,Dh] arrays
-        # (see GPT2Attention); no per-layer copies are sliced out or re-stacked.
-        cache_k, cache_v = (None, None) if cache is None else (cache["k"], cache["v"])
+        new_k, new_v = [], []
         for i, block in enumerate(self.h):
-            layer_cache = None if cache is None else (cache_k, cache_v, i, offset)
+            layer_cache = None if cache is None else (cache["k"][i], cache["v"][i], offset)
             x, new_layer_cache = block(x, key_valid, layer_cache, deterministic)
             if cache is not None:
-                cache_k, cache_v = new_layer_cache
+                new_k.append(new_layer_cache[0])
+                new_v.append(new_layer_cache[1])
         hidden = self.ln_f(x)
-        new_cache = None if cache is None else {"k": cache_k, "v": cache_v, "index": offset + T}
+        new_cache = None if cache is None else {"k": tuple(new_k), "v": tuple(new_v), "index": offset + T}
         return hidden, new_cache
 
     def logits(self, hidden):

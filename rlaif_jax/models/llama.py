@@ -39,7 +39,7 @@ The LM, value-head and reward classes have the same call signatures and layouts
 the config uses GPT-2's field names (``n_embd``, ``n_layer``, ``n_head``, ``n_positions``), so the
 sampler, losses and stages work with either family.
 
-KV cache: the same dict and calling convention as GPT-2 (``{"k", "v": [L, B, S, Hc, Dh],
+KV cache: the same dict and calling convention as GPT-2 (``{"k", "v": L-tuples of [B, Hc, S, Dh],
 "index"}``, new tokens written at ``[index, index + T)``). :func:`init_cache` allocates the compact
 ``Hc = n_kv_head`` layout; a cache from ``gpt2.init_cache`` (``Hc = n_head``) also works, the keys
 and values are then stored once per query head. The attention core (grouped-query, block-causal
@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlaif_jax.models.attention import cached_attend, weights_dropout
+from rlaif_jax.models.attention import cached_attend, empty_cache, weights_dropout
 from rlaif_jax.models.gpt2 import INIT_STD, ModelOutput, ScalarHead
 
 Array = jax.Array
@@ -238,12 +238,8 @@ def default_inner(n_embd: int) -> int:
 
 def init_cache(config: LlamaConfig, batch_size: int, max_len: int) -> Cache:
     """An empty KV cache with ``max_len`` slots and ``n_kv_head`` heads (see the module docstring)."""
-    shape = (config.n_layer, batch_size, max_len, config.n_kv_head, config.head_dim)
-    return {
-        "k": jnp.zeros(shape, config.compute_dtype),
-        "v": jnp.zeros(shape, config.compute_dtype),
-        "index": jnp.zeros((), jnp.int32),
-    }
+    return empty_cache(config.n_layer, batch_size, max_len, config.n_kv_head, config.head_dim,
+                       config.compute_dtype)
 
 
 def inv_frequencies(config: LlamaConfig) -> np.ndarray:
@@ -313,7 +309,7 @@ def _rms_norm(config: LlamaConfig, name: str) -> RMSNorm:
 class LlamaAttention(nn.Module):
     """Causal grouped-query self-attention with rotary embeddings and an optional KV cache.
 
-    ``layer_cache`` is None or ``(k, v, layer, index)`` with the WHOLE cache arrays, updated in
+    ``layer_cache`` is None or ``(k, v, index)`` with this layer's cache arrays, updated in
     place as in ``gpt2.GPT2Attention``. The cache may hold ``n_kv_head`` heads (compact) or any
     multiple of it dividing ``n_head`` (e.g. ``gpt2.init_cache``'s ``n_head``): new keys/values
     are repeated to the cache's head count before they are written.
@@ -392,7 +388,7 @@ class LlamaTrunk(nn.Module):
     def __call__(self, input_ids, *, positions=None, attention_mask=None, cache=None, deterministic=True):
         """Returns ``(hidden [B,T,D], new_cache or None)``; arguments as in ``gpt2.GPT2LMHeadModel``."""
         B, T = input_ids.shape
-        offset, kv_len = (0, T) if cache is None else (cache["index"], cache["k"].shape[2])
+        offset, kv_len = (0, T) if cache is None else (cache["index"], cache["k"][0].shape[2])
         q_slots = offset + jnp.arange(T)
         if positions is None:
             positions = jnp.broadcast_to(q_slots, (B, T))
@@ -404,14 +400,15 @@ class LlamaTrunk(nn.Module):
         rope = rope_tables(self.config, positions)
 
         x = self.embed_tokens(input_ids)
-        cache_k, cache_v = (None, None) if cache is None else (cache["k"], cache["v"])
+        new_k, new_v = [], []
         for i, block in enumerate(self.layers):
-            layer_cache = None if cache is None else (cache_k, cache_v, i, offset)
+            layer_cache = None if cache is None else (cache["k"][i], cache["v"][i], offset)
             x, new_layer_cache = block(x, key_valid, rope, layer_cache, deterministic)
             if cache is not None:
-                cache_k, cache_v = new_layer_cache
+                new_k.append(new_layer_cache[0])
+                new_v.append(new_layer_cache[1])
         hidden = self.norm(x)
-        new_cache = None if cache is None else {"k": cache_k, "v": cache_v, "index": offset + T}
+        new_cache = None if cache is None else {"k": tuple(new_k), "v": tuple(new_v), "index": offset + T}
         return hidden, new_cache
 
     def logits(self, hidden):
