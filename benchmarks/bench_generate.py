@@ -33,7 +33,8 @@ batch (``--profile-batch``, default 8) is also traced with ``jax.profiler``: its
 per decode step by part of the step (weight matmuls, LM head, attention over the cache, layer
 norms, token choice, prefill), the kernels per step, and the untraced step time beside them;
 for the tiny size the same step is also rebuilt from its parts (``decode_buildup``: weight
-matmuls, then layer norms / biases / GELU, the KV-cache write, the attention over the cache),
+matmuls, then layer norms / biases / GELU, the KV-cache write, a plain read of every cache
+slot, the attention over the cache),
 each stage a jitted loop timed untraced in turns with the real generate, since the profiler's
 per-kernel overhead inflates small kernels inside a loop.
 
@@ -194,7 +195,8 @@ def matmul_floor(hf, params, batch: int, steps: int = FLOOR_STEPS):
 
 # The decode step built up from its weight matmuls, one part at a time (`decode_buildup`).
 BUILDUP_STAGES = ("weight matmuls + LM head", "+ layer norms, biases, GELU", "+ KV-cache write",
-                  "+ attention over the cache (models.attention.cached_attend)")
+                  "+ reading every cache slot (a sum, no attention)",
+                  "attention over the cache instead (models.attention.cached_attend)")
 
 
 def decode_buildup(params, cfg, ours_run, batch: int, prompt_len: int, n_new: int,
@@ -226,14 +228,16 @@ def decode_buildup(params, cfg, ours_run, batch: int, prompt_len: int, n_new: in
                 qkv = norm(h, b["ln_1"], stage >= 1) @ b["attn"]["c_attn"]["kernel"]
                 qkv = qkv + b["attn"]["c_attn"]["bias"] if stage >= 1 else qkv
                 q, k, v = (a.reshape(batch, 1, H, Dh) for a in jnp.split(qkv, 3, axis=-1))
-                if stage == 2:
+                if stage in (2, 3):
                     new = [jax.lax.dynamic_update_slice(c[layer], a.transpose(0, 2, 1, 3), (0, 0, slot, 0))
                            for c, a in ((ck, k), (cv, v))]
-                if stage >= 3:
+                if stage == 4:
                     att, new = attention.cached_attend(
                         q, k, v, jnp.ones((batch, S), bool), (ck[layer], cv[layer], slot), scale=Dh ** -0.5)
                 else:
                     att = q + k + v
+                if stage == 3:  # the bytes the attention reads, without its dots and softmax
+                    att = att + 1e-9 * (new[0] + new[1]).sum(axis=2).reshape(batch, 1, H, Dh)
                 if stage >= 2:
                     ck, cv = (c[:layer] + (n,) + c[layer + 1:] for c, n in zip((ck, cv), new))
                 o = att.reshape(batch, D) @ b["attn"]["c_proj"]["kernel"]
@@ -400,9 +404,11 @@ def profile_notes(profiles: dict) -> list[str]:
             notes.append(
                 f"{size}, batch {prof['batch']} greedy, built up untraced in turns: weight matmuls "
                 f"+ LM head {b[0]:.2f} ms/step, with layer norms, biases and GELU {b[1]:.2f}, with "
-                f"the KV-cache write {b[2]:.2f}, with the attention over the cache {b[3]:.2f}; our "
-                f"real step {b[4]:.2f}. The attention over the cache adds {b[3] - b[2]:.2f} ms, "
-                f"{(b[3] - b[2]) / b[4]:.0%} of the real step.")
+                f"the KV-cache write {b[2]:.2f}, reading every cache slot (a sum) instead of "
+                f"attending {b[3]:.2f}, with the attention over the cache {b[4]:.2f}; our real step "
+                f"{b[5]:.2f}. The attention over the cache adds {b[4] - b[2]:.2f} ms, "
+                f"{(b[4] - b[2]) / b[5]:.0%} of the real step; merely reading the cache adds "
+                f"{b[3] - b[2]:.2f} ms.")
     return notes
 
 

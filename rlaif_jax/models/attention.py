@@ -113,8 +113,8 @@ def _attend_heads_major(q, kt, vt, key_valid, *, q_offset, scale, dropout, block
         total = jnp.sum(weights, axis=-1, keepdims=True)
         if dropout is not None:
             weights = dropout(weights)
-        out = jnp.einsum("bcqk,bckd->bcqd", weights.astype(vt.dtype).reshape(*rows, n_keys), vt[:, :, :n_keys],
-                         preferred_element_type=jnp.float32)
+        out = jnp.einsum("bcqk,bckd->bcqd", weights.astype(vt.dtype).reshape(*rows, n_keys),
+                         vt[:, :, :n_keys], preferred_element_type=jnp.float32)
         out = out.reshape(B, Hc, G, stop - start, Dh)
         outs.append((out / total).astype(vt.dtype))
     out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
