@@ -130,6 +130,20 @@ def test_quick_run_speedup_is_paired_by_round(quick_result):
         assert target["value"] == pytest.approx(v["median"], abs=1e-3)
 
 
+def test_quick_run_mfu_target_uses_the_peak_timed_in_the_same_rounds(quick_result):
+    """The MFU target divides the step's FLOP rate by the LM-head products' rate timed in the
+    same rounds as the step: per round, then the median."""
+    steps, targets = quick_result["raw"]["steps"], quick_result["targets"]
+    (jx,) = [r for r in steps if r["side"] == "rlaif_jax" and r["dtype"] == "float32"]
+    mfu = jx["mfu_lm_head_paired"]
+    assert mfu["rounds"] == 2 and 0 < mfu["min"] <= mfu["median"] <= mfu["max"] < 2
+    (target,) = [t for t in targets if t["name"].startswith("MFU vs matmul peak at the LM-head")]
+    assert target["value"] == pytest.approx(mfu["median"], abs=1e-3)
+    assert quick_result["headline"][f"{jx['shape']}_fp32_mfu_lm_head"] == target["value"]
+    # The bf16 rows have no paired peak (the target is fp32).
+    assert all("mfu_lm_head_paired" not in r for r in steps if r["dtype"] != "float32")
+
+
 def test_xla_variants_compare_against_the_mean_of_the_default_rows():
     """The default flags run first and last; each variant is divided by their mean, so the
     machine's drift over the variants' minutes does not count against the first ones."""
