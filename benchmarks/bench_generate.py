@@ -34,9 +34,8 @@ per decode step by part of the step (weight matmuls, LM head, attention over the
 norms, token choice, prefill), the kernels per step, and the untraced step time beside them;
 for the tiny size the same step is also rebuilt from its parts (``decode_buildup``: weight
 matmuls, then layer norms / biases / GELU, the KV-cache write, a plain read of every cache
-slot, the attention over the cache),
-each stage a jitted loop timed untraced in turns with the real generate, since the profiler's
-per-kernel overhead inflates small kernels inside a loop.
+slot, the attention over the cache), each stage a jitted loop timed untraced in turns with the
+real generate, since the profiler's per-kernel overhead inflates small kernels inside a loop.
 
 ``--quick`` is a smoke run (tiny size, batch 8 greedy and sampled, 16 new tokens, one repeat).
 """

@@ -374,10 +374,10 @@ def run_shape(name, shape, directory, dtypes, repeats, peaks, breakdown: bool):
         jax_row["speedup_vs_pytorch"] = common.paired_ratio(torch_t["times_s"], jax_t["times_s"])
         if peak_t is not None:
             # MFU per round: (step FLOPs / step time) / (LM-head FLOPs / their time, same round).
-            per_round = common.paired_ratio(peak_t["times_s"], jax_t["times_s"])
+            mfu = common.paired_ratio(peak_t["times_s"], jax_t["times_s"])
             scale = fpt * shape["batch"] * shape["seq"] / peak_flops
-            jax_row["mfu_lm_head_paired"] = {k: v * scale if k != "rounds" else v
-                                             for k, v in per_round.items()}
+            jax_row["mfu_lm_head_paired"] = {**mfu, **{k: mfu[k] * scale
+                                                       for k in ("median", "min", "max")}}
         rows += [jax_row, step_row(name, shape, dtype, "pytorch", torch_t, fpt,
                                    peaks["square"][dtype], lm)]
         if parts is not None and dtype == "float32":
@@ -479,14 +479,11 @@ def build_result(args, peaks, mm_rows, steps, parts, variants, shapes, profile) 
     def spread(v, nd=2):
         return f"{v['median']:.{nd}f} ({v['min']:.{nd}f}-{v['max']:.{nd}f})" if v else "-"
 
-    def versus(r):
-        return spread(r.get("speedup_vs_pytorch"))
-
     step_rows = [[r["shape"], r["dtype"], f"{r['batch']}x{r['seq']}", r["side"],
                   r["tokens_per_step"], r["steps"], _r(r["step_ms"]), _r(r["tokens_per_s"], 0),
                   _r(r["model_gflops"]), _r(r["mfu_square"], 3), _r(r["mfu_lm_head"], 3),
                   spread(r.get("mfu_lm_head_paired"), 3), _r(r["loss_first"], 5),
-                  _r(r["loss_last"], 5), versus(r)] for r in steps]
+                  _r(r["loss_last"], 5), spread(r.get("speedup_vs_pytorch"))] for r in steps]
     tables = [{"title": "Matmul throughput, GFLOP/s (jnp.dot / torch.mm, same run)",
                "columns": ["matmul", "shape", "JAX fp32", "JAX bf16", "PyTorch fp32",
                            "PyTorch bf16"], "rows": mm_rows},
