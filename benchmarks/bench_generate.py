@@ -36,6 +36,11 @@ for the tiny size the same step is also rebuilt from its parts (``decode_buildup
 matmuls, then layer norms / biases / GELU, the KV-cache write, a plain read of every cache
 slot, the attention over the cache), each stage a jitted loop timed untraced in turns with the
 real generate, since the profiler's per-kernel overhead inflates small kernels inside a loop.
+The stages use one cache of ``prompt-len + new-tokens`` slots, so the real generate they are timed
+with is ours with one loop over such a cache (``segment=new_tokens``). Our default generate grows
+its cache in segments (``rlaif_jax.sampling.default_segment``) and reads fewer
+slots per step; at ``--profile-batch`` the one-loop generate is timed in the greedy rounds too,
+and a note gives its time over the default's (median of per-round ratios).
 
 ``--quick`` is a smoke run (tiny size, batch 8 greedy and sampled, 16 new tokens, one repeat).
 """
@@ -61,7 +66,8 @@ from benchmarks import common  # noqa: E402
 from benchmarks.common import write_result  # noqa: E402
 from rlaif_jax.models import attention, build, gpt2, hf_import  # noqa: E402
 from rlaif_jax.models.gpt2 import count_params  # noqa: E402
-from rlaif_jax.sampling import SamplingParams, left_pad, make_generate_fn  # noqa: E402
+from rlaif_jax.sampling import (SamplingParams, default_segment, left_pad,  # noqa: E402
+                                make_generate_fn, segment_ends)
 
 # GPT-2 shapes (transformers.GPT2Config fields). tiny = configs/tiny.py (1.4M params, overhead-
 # bound); mid = 6 x 512 with GPT-2's vocabulary (45M params, the default "real" size: it fits the
@@ -98,12 +104,13 @@ def prompts(batch: int, prompt_len: int, vocab: int, seed: int = 0):
     return left_pad([rs.randint(1, vocab, n).tolist() for n in lengths], prompt_len, PAD)
 
 
-def ours_call(model, params, ids, mask, n_new: int, greedy: bool, top_p: float):
+def ours_call(model, params, ids, mask, n_new: int, greedy: bool, top_p: float, **generate_kw):
     """Our generate for these prompts, compiled and warmed up: ``(call, compile_s, tokens)``, with
-    ``tokens()`` the new tokens of the last call (checked to be ``n_new`` per row)."""
+    ``tokens()`` the new tokens of the last call (checked to be ``n_new`` per row);
+    ``generate_kw`` go to ``make_generate_fn``."""
     sampling = SamplingParams(max_new_tokens=n_new, greedy=greedy, temperature=TEMPERATURE, top_p=top_p,
                               eos_id=model.config.vocab_size, pad_id=PAD)  # EOS can never be drawn
-    generate = make_generate_fn(model, sampling, ids.shape[1])
+    generate = make_generate_fn(model, sampling, ids.shape[1], **generate_kw)
     ids, mask = jnp.asarray(ids), jnp.asarray(mask)
     out = {}
 
@@ -196,14 +203,16 @@ def matmul_floor(hf, params, batch: int, steps: int = FLOOR_STEPS):
 BUILDUP_STAGES = ("weight matmuls + LM head", "+ layer norms, biases, GELU", "+ KV-cache write",
                   "+ reading every cache slot (a sum, no attention)",
                   "attention over the cache instead (models.attention.cached_attend)")
+BUILDUP_REAL = "our generate, one loop over a full-width cache (the real step)"
 
 
 def decode_buildup(params, cfg, ours_run, batch: int, prompt_len: int, n_new: int,
                    repeats: int) -> tuple[list, dict]:
     """ms per decode step of the step rebuilt from its parts, each stage a jitted loop of `n_new`
     steps on a [batch, n_embd] state with the real weights and a real KV cache
-    (``gpt2.init_cache``, written and read as the model does), timed untraced and in turns
-    with our real generate (`ours_run`). Rows: [stage, ms/step, + over the previous stage]; the
+    (``gpt2.init_cache`` of ``prompt_len + n_new`` slots, written and read as the model does),
+    timed untraced and in turns with our real generate (`ours_run`: pass the one with one loop
+    over a full-width cache, ``segment=n_new``, which reads the same slots). Rows: [stage, ms/step, + over the previous stage]; the
     last row is the real step. This finds what a step's time goes to without the profiler,
     whose per-kernel overhead inflates small kernels inside a loop."""
     t = params["transformer"]
@@ -255,7 +264,7 @@ def decode_buildup(params, cfg, ours_run, batch: int, prompt_len: int, n_new: in
         return lambda: jax.block_until_ready(run(*args))
 
     calls = {name: make(i) for i, name in enumerate(BUILDUP_STAGES)}
-    calls["our generate (the real step)"] = ours_run
+    calls[BUILDUP_REAL] = ours_run
     ms = {name: 1e3 * tm["median_s"] / n_new
           for name, tm in common.alternating(calls, repeats).items()}
     steps = list(ms.values())
@@ -319,6 +328,9 @@ def bench_size(size: str, batches, sample_batches, prompt_len: int, n_new: int, 
             calls = {"ours": ours_run, "theirs": hf_run}
             if greedy:  # the floors do not depend on the decoding: timed in the greedy rounds
                 calls.update(floor_xla=floor_calls[0], floor_torch=floor_calls[1])
+            if greedy and batch == profile_batch:  # the cache segments' gain, in the same rounds
+                one_loop_run = calls["ours_one_loop"] = ours_call(model, params, ids, mask, n_new, greedy, top_p,
+                                                   segment=n_new)[0]
             timing = common.alternating(calls, repeats)
             ours, theirs = timing["ours"], timing["theirs"]
             if greedy:
@@ -335,9 +347,14 @@ def bench_size(size: str, batches, sample_batches, prompt_len: int, n_new: int, 
             if greedy and batch == profile_batch:
                 with tempfile.TemporaryDirectory() as trace_dir:
                     profile = decode_profile(ours_run, n_new, 1e3 * ours["median_s"] / n_new, trace_dir)
-                profile[1].update(batch=batch, floor_ms=floor_xla, over_floor=overhead["median"])
+                profile[1].update(batch=batch, floor_ms=floor_xla, over_floor=overhead["median"],
+                                  one_loop=common.paired_ratio(timing["ours_one_loop"]["times_s"],
+                                                               ours["times_s"]),
+                                  segment=default_segment(n_new),
+                                  segments=len(segment_ends(n_new, default_segment(n_new))))
                 if size in buildup_sizes:
-                    buildup = decode_buildup(params, cfg, ours_run, batch, prompt_len, n_new, repeats)
+                    buildup = decode_buildup(params, cfg, one_loop_run, batch, prompt_len, n_new,
+                                             repeats)
                     profile[1]["buildup"] = buildup[1]
             ours_tps = batch * n_new / ours["median_s"]
             hf_tps = batch * n_new / theirs["median_s"]
@@ -398,13 +415,21 @@ def profile_notes(profiles: dict) -> list[str]:
             f"cache {attention:.2f} ms ({attention / prof['kernel_ms']:.0%}), everything else "
             f"{rest:.2f} ms ({rest / prof['kernel_ms']:.0%}). Tracing adds a few microseconds per "
             "kernel, so compare shares, and the wall time row for the untraced step.")
+        one = prof["one_loop"]
+        notes.append(
+            f"{size}, batch {prof['batch']} greedy, cache segments: our generate grows its KV "
+            f"cache in {prof['segments']} segment(s) of {prof['segment']} new tokens "
+            "(rlaif_jax.sampling); the same generate with one loop over a full-width cache, timed "
+            f"in the same rounds, took {one['median']:.2f}x as long (median of per-round ratios, "
+            f"{one['min']:.2f}-{one['max']:.2f}).")
         if "buildup" in prof:
             b = list(prof["buildup"].values())
             notes.append(
                 f"{size}, batch {prof['batch']} greedy, built up untraced in turns: weight matmuls "
                 f"+ LM head {b[0]:.2f} ms/step, with layer norms, biases and GELU {b[1]:.2f}, with "
                 f"the KV-cache write {b[2]:.2f}, reading every cache slot (a sum) instead of "
-                f"attending {b[3]:.2f}, with the attention over the cache {b[4]:.2f}; our real step "
+                f"attending {b[3]:.2f}, with the attention over the cache {b[4]:.2f}; our generate "
+                f"with one loop over the same full-width cache "
                 f"{b[5]:.2f}. The attention over the cache adds {b[4] - b[2]:.2f} ms, "
                 f"{(b[4] - b[2]) / b[5]:.0%} of the real step; merely reading the cache adds "
                 f"{b[3] - b[2]:.2f} ms.")

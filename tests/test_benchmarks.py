@@ -144,12 +144,15 @@ def test_quick_generation_benchmark(tmp_path):
 
     stages = buildup["rows"]
     assert [r[0] for r in stages[:-1]] == list(bench_generate.BUILDUP_STAGES)
-    assert stages[-1][0] == "our generate (the real step)" and len(stages) == 6
+    assert stages[-1][0] == bench_generate.BUILDUP_REAL and len(stages) == 6
     assert all(r[1] > 0 for r in stages)
     for before, row in zip(stages, stages[1:]):
         assert row[2] == pytest.approx(row[1] - before[1], abs=0.002)
     assert any(note.startswith("tiny, batch 8 greedy, built up untraced in turns:")
                for note in result["notes"])
+    # The cache segments' gain: 16 new tokens fit one segment, so both generates are one loop.
+    (segments,) = [n for n in result["notes"] if n.startswith("tiny, batch 8 greedy, cache segments:")]
+    assert "in 1 segment(s)" in segments
 
 
 def test_alternating_takes_turns_and_pairs_rounds():

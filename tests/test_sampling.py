@@ -12,10 +12,12 @@ from rlaif_jax.sampling import (
     SamplingParams,
     _argmax,
     _categorical,
+    default_segment,
     filter_logits,
     left_pad,
     make_generate_fn,
     positions_from_mask,
+    segment_ends,
 )
 
 CFG = GPT2Config(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4)
@@ -148,12 +150,14 @@ def test_filter_logits_matches_sort_reference(vocab):
         assert (np.isfinite(ours).sum(-1) >= 1).all()
 
 
-def test_greedy_matches_naive_loop_and_eos(params):
+@pytest.mark.parametrize("segment", [N_NEW, 3])  # one full-width loop; four growing caches
+def test_greedy_matches_naive_loop_and_eos(params, segment):
     ids, mask = left_pad(PROMPTS, PROMPT_LEN, pad_id=0)
     # An eos_id that greedy never emits: all rows run to max_new_tokens.
     free = _naive_greedy(params, ids, mask, N_NEW, eos_id=-1, pad_id=0)
     unused = sorted(set(range(CFG.vocab_size)) - set(free.ravel().tolist()))[0]
-    out = make_generate_fn(MODEL, _sp(greedy=True, eos_id=unused), PROMPT_LEN)(params, ids, mask, jax.random.key(0))
+    out = make_generate_fn(MODEL, _sp(greedy=True, eos_id=unused), PROMPT_LEN, segment=segment)(
+        params, ids, mask, jax.random.key(0))
     np.testing.assert_array_equal(out["tokens"], free)
     np.testing.assert_array_equal(out["lengths"], N_NEW)
     assert not np.asarray(out["done"]).any()
@@ -163,7 +167,8 @@ def test_greedy_matches_naive_loop_and_eos(params):
     # EOS = the token row 0 emits at step 3: rows stop at their first EOS and pad after it.
     eos = int(free[0, 3])
     pad = 95
-    out = make_generate_fn(MODEL, _sp(greedy=True, eos_id=eos, pad_id=pad), PROMPT_LEN)(params, ids, mask, jax.random.key(0))
+    out = make_generate_fn(MODEL, _sp(greedy=True, eos_id=eos, pad_id=pad), PROMPT_LEN, segment=segment)(
+        params, ids, mask, jax.random.key(0))
     tokens, lengths, done = (np.asarray(out[k]) for k in ("tokens", "lengths", "done"))
     first_eos = (free == eos).argmax(1)
     hit = (free == eos).any(1)
@@ -175,6 +180,38 @@ def test_greedy_matches_naive_loop_and_eos(params):
         np.testing.assert_array_equal(tokens[row, :n], free[row, :n])
         assert (tokens[row, n:] == pad).all() and (np.asarray(out["logprobs"])[row, n:] == 0).all()
         assert (np.asarray(out["logprobs"])[row, :n] < 0).all()
+
+
+def test_segment_ends():
+    assert segment_ends(10, 3) == [3, 6, 9, 10]
+    assert segment_ends(10, 5) == [5, 10]
+    assert segment_ends(10, 10) == segment_ends(10, 32) == [10]
+    with pytest.raises(ValueError, match="segment"):
+        segment_ends(10, 0)
+    # Default: at most 4 loops, none shorter than 32 tokens.
+    assert [default_segment(n) for n in (10, 32, 128, 129, 384)] == [32, 32, 32, 33, 96]
+    assert [len(segment_ends(n, default_segment(n))) for n in (10, 64, 128, 384)] == [1, 2, 4, 4]
+
+
+def test_segments_change_the_cache_widths_not_the_samples(params):
+    ids, mask = _many_prompts(16)
+    free = make_generate_fn(MODEL, _sp(top_p=0.9, eos_id=-1), PROMPT_LEN)(params, ids, mask, jax.random.key(3))
+    sp = _sp(top_p=0.9, eos_id=int(np.asarray(free["tokens"])[0, 5]))  # some rows stop mid-run
+    one = make_generate_fn(MODEL, sp, PROMPT_LEN, segment=N_NEW)
+    grown = make_generate_fn(MODEL, sp, PROMPT_LEN, segment=4)
+    a, b = (fn(params, ids, mask, jax.random.key(3)) for fn in (one, grown))
+    for k in ("tokens", "lengths", "done"):
+        np.testing.assert_array_equal(a[k], b[k])
+    np.testing.assert_allclose(a["logprobs"], b["logprobs"], atol=1e-5)
+    assert np.asarray(a["done"]).any() and not np.asarray(a["done"]).all()  # EOS inside the run
+
+    # The compiled program holds each segment's cache width: prompt + 4, + 8, + 10 slots.
+    head_dim = CFG.n_embd // CFG.n_head
+    hlo = grown.lower(params, ids, mask, jax.random.key(3)).compile().as_text()
+    for width in (PROMPT_LEN + 4, PROMPT_LEN + 8, PROMPT_LEN + N_NEW):
+        assert f"f32[16,{CFG.n_head},{width},{head_dim}]" in hlo, width
+    one_hlo = one.lower(params, ids, mask, jax.random.key(3)).compile().as_text()
+    assert f"f32[16,{CFG.n_head},{PROMPT_LEN + 4},{head_dim}]" not in one_hlo
 
 
 def test_top_k_1_equals_greedy(params):
