@@ -42,6 +42,7 @@ import contextlib
 import json
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -201,13 +202,51 @@ def jax_breakdown(model, params, batch: dict, repeats: int) -> dict:
                 lambda: jax.block_until_ready(fwd_bwd(params)), repeats=repeats)["median_s"]}
 
 
-def torch_step_runner(model_dir: pathlib.Path, dtype: str, batch: dict, n_steps: int):
-    """A zero-argument callable running one PyTorch training step and returning its loss."""
+# The attention core removed from both steps, to time what it costs each side (fp32 rows): an
+# elementwise mix of the queries, keys and values stands in for it, so the projections around it
+# and their gradients still run.
+NO_ATTENTION = "bench_no_attention"
+
+
+def _jax_mix_core(q, kt, vt, key_valid, **_):
+    """Stand-in for ``models.attention._attend_heads_major`` (GPT-2: as many key/value heads as
+    query heads): ``q + k + v`` per position and head, [B, T, H, Dh]."""
+    return q + (kt + vt).transpose(0, 2, 1, 3).astype(q.dtype)
+
+
+def _torch_mix_core(module, query, key, value, attention_mask, **_):
+    """The same stand-in as a transformers attention function ([B, H, T, Dh] in, [B, T, H, Dh]
+    out, no weights)."""
+    return (query + key + value).transpose(1, 2).contiguous(), None
+
+
+def jax_step_runner_without_attention(model, params, batch: dict):
+    """:func:`jax_step_runner` whose step is compiled (by its first call, here) with the attention
+    core replaced by :func:`_jax_mix_core`."""
+    from rlaif_jax.models import attention
+
+    real = attention._attend_heads_major
+    attention._attend_heads_major = _jax_mix_core
+    try:
+        run = jax_step_runner(model, params, batch)
+        run()  # traced and compiled with the stand-in
+    finally:
+        attention._attend_heads_major = real
+    return run
+
+
+def torch_step_runner(model_dir: pathlib.Path, dtype: str, batch: dict, n_steps: int,
+                      attention: str = "sdpa"):
+    """A zero-argument callable running one PyTorch training step and returning its loss;
+    ``attention=NO_ATTENTION`` replaces the attention core with :func:`_torch_mix_core`."""
     import torch
     import transformers
 
     torch.set_num_threads(os.cpu_count())
-    model = transformers.GPT2LMHeadModel.from_pretrained(str(model_dir)).train()
+    if attention == NO_ATTENTION:
+        transformers.AttentionInterface.register(NO_ATTENTION, _torch_mix_core)
+    model = transformers.GPT2LMHeadModel.from_pretrained(
+        str(model_dir), attn_implementation=attention).train()
     params = list(model.parameters())  # the tied wte / lm_head weight once
     o = OPTIM
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": o["weight_decay"]},
@@ -241,11 +280,13 @@ def time_steps(run, repeats: int) -> dict:
     return {**timing, "losses": losses, "steps": len(losses)}
 
 
-def time_pair(jax_run, torch_run, repeats: int, peak_run=None) -> tuple[dict, dict, dict | None]:
+def time_pair(jax_run, torch_run, repeats: int, peak_run=None,
+              extra: dict | None = None) -> tuple[dict, dict, dict | None, dict]:
     """Both sides' steps as :func:`time_steps` gives them, but timed in turns
     (``common.alternating``) so a slow phase of the machine hits both sides of a round; with
     `peak_run` (a warm call of the LM-head matmuls, :func:`lm_head_call`) also those, in the
-    same rounds, for an MFU per round. Returns (jax, torch, peak timing or None)."""
+    same rounds, for an MFU per round, and the `extra` warm calls ({name: call}) too. Returns
+    (jax, torch, peak timing or None, {name: extra timing})."""
     losses = {"jax": [], "torch": []}
     for side, run in (("jax", jax_run), ("torch", torch_run)):
         losses[side].append(run())  # untimed: compilation / first-call setup
@@ -253,9 +294,11 @@ def time_pair(jax_run, torch_run, repeats: int, peak_run=None) -> tuple[dict, di
              "torch": lambda: losses["torch"].append(torch_run())}
     if peak_run is not None:
         calls["peak"] = peak_run
+    calls.update(extra or {})
     timing = common.alternating(calls, repeats)
     return (*({**timing[side], "losses": losses[side], "steps": len(losses[side])}
-              for side in ("jax", "torch")), timing.get("peak"))
+              for side in ("jax", "torch")), timing.get("peak"),
+            {name: timing[name] for name in extra or {}})
 
 
 def lm_head_call(shape: dict, dtype: str):
@@ -366,9 +409,15 @@ def run_shape(name, shape, directory, dtypes, repeats, peaks, breakdown: bool):
         if breakdown and dtype == "float32":
             parts = jax_breakdown(model, params, batch, repeats)
         peak_run, peak_flops = lm_head_call(shape, dtype) if dtype == "float32" else (None, None)
-        jax_t, torch_t, peak_t = time_pair(jax_step_runner(model, params, batch),
-                                           torch_step_runner(directory, dtype, batch, repeats + 1),
-                                           repeats, peak_run)
+        extra = {}
+        if dtype == "float32":  # both steps without their attention core, in the same rounds
+            extra = {"jax_no_attention": jax_step_runner_without_attention(model, params, batch),
+                     "torch_no_attention": torch_step_runner(directory, dtype, batch, repeats + 1,
+                                                             attention=NO_ATTENTION)}
+            extra["torch_no_attention"]()  # untimed first step
+        jax_t, torch_t, peak_t, extra_t = time_pair(
+            jax_step_runner(model, params, batch),
+            torch_step_runner(directory, dtype, batch, repeats + 1), repeats, peak_run, extra)
         lm = peaks["lm_head"].get(name, {}).get(dtype)
         jax_row = step_row(name, shape, dtype, "rlaif_jax", jax_t, fpt, peaks["square"][dtype], lm)
         jax_row["speedup_vs_pytorch"] = common.paired_ratio(torch_t["times_s"], jax_t["times_s"])
@@ -378,6 +427,17 @@ def run_shape(name, shape, directory, dtypes, repeats, peaks, breakdown: bool):
             scale = fpt * shape["batch"] * shape["seq"] / peak_flops
             jax_row["mfu_lm_head_paired"] = {**mfu, **{k: mfu[k] * scale
                                                        for k in ("median", "min", "max")}}
+        if extra_t:
+            bare = {side: extra_t[f"{side}_no_attention"]["times_s"] for side in ("jax", "torch")}
+            jax_row["without_attention"] = {
+                "jax_step_ms": 1e3 * extra_t["jax_no_attention"]["median_s"],
+                "torch_step_ms": 1e3 * extra_t["torch_no_attention"]["median_s"],
+                # per round: each side's step minus its step without attention
+                "jax_attention_ms": 1e3 * statistics.median(
+                    a - b for a, b in zip(jax_t["times_s"], bare["jax"])),
+                "torch_attention_ms": 1e3 * statistics.median(
+                    a - b for a, b in zip(torch_t["times_s"], bare["torch"])),
+                "speedup_vs_pytorch": common.paired_ratio(bare["torch"], bare["jax"])}
         rows += [jax_row, step_row(name, shape, dtype, "pytorch", torch_t, fpt,
                                    peaks["square"][dtype], lm)]
         if parts is not None and dtype == "float32":
@@ -489,6 +549,20 @@ def build_result(args, peaks, mm_rows, steps, parts, variants, shapes, profile) 
                            "PyTorch bf16"], "rows": mm_rows},
               {"title": "SFT train step: rlaif_jax vs PyTorch (same model, weights, batch, "
                         "AdamW)", "columns": step_cols, "rows": step_rows}]
+    bare_rows = [[r["shape"], _r(r["step_ms"]), _r(t["step_ms"]), _r(w["jax_step_ms"]),
+                  _r(w["torch_step_ms"]), _r(w["jax_attention_ms"]), _r(w["torch_attention_ms"]),
+                  spread(r["speedup_vs_pytorch"]), spread(w["speedup_vs_pytorch"])]
+                 for r in steps if (w := r.get("without_attention"))
+                 for t in steps if t["side"] == "pytorch" and t["dtype"] == r["dtype"]
+                 and (t["shape"], t["batch"]) == (r["shape"], r["batch"])]
+    if bare_rows:
+        tables.append({"title": "fp32 SFT step with and without the attention core (both sides "
+                                "timed in the same rounds; the core replaced by q + k + v)",
+                       "columns": ["shape", "ours step ms", "PyTorch step ms",
+                                   "ours without attention ms", "PyTorch without attention ms",
+                                   "ours attention core ms", "PyTorch attention core ms",
+                                   "x PyTorch", "x PyTorch without attention"],
+                       "rows": bare_rows})
     if parts:
         fwd, fb, st = parts["forward_s"], parts["forward_backward_s"], parts["step_s"]
         tables.append({"title": f"JAX fp32 step breakdown ({next(iter(shapes))})",
@@ -533,6 +607,9 @@ def build_result(args, peaks, mm_rows, steps, parts, variants, shapes, profile) 
             headline[f"{name}_fp32_pytorch_tokens_per_s"] = round(t["tokens_per_s"])
             headline[f"{name}_fp32_speedup_vs_pytorch"] = round(ratio, 3)
             headline[f"{name}_fp32_mfu_square"] = round(j["mfu_square"], 3)
+            if j.get("without_attention"):
+                headline[f"{name}_fp32_speedup_without_attention"] = round(
+                    j["without_attention"]["speedup_vs_pytorch"]["median"], 3)
             targets.append({"name": f"SFT step vs PyTorch, fp32, {name}", "value": round(ratio, 3),
                             "target": 1.0, "met": ratio >= 1.0})
     first = next(iter(shapes))
@@ -594,6 +671,18 @@ def notes(peaks, steps, variants, profile=None) -> list[str]:
                 f"{name}, by profile: the attention core takes {ours_attn:.0f} ms per step in "
                 f"ours vs {torch_attn:.0f} ms in PyTorch's fused SDPA ({ours_attn / torch_attn:.1f}x); "
                 f"everything else {rest:.0f} ms vs {torch_rest:.0f} ms ({rest / torch_rest:.2f}x).")
+    for r in steps:
+        if w := r.get("without_attention"):
+            out.append(
+                f"{r['shape']} fp32: with the attention core replaced "
+                f"by q + k + v on both sides (same rounds), ours takes {w['jax_step_ms']:.0f} ms "
+                f"and PyTorch {w['torch_step_ms']:.0f} ms per step, "
+                f"{w['speedup_vs_pytorch']['median']:.2f}x PyTorch "
+                f"({w['speedup_vs_pytorch']['min']:.2f}-{w['speedup_vs_pytorch']['max']:.2f}) "
+                f"against {r['speedup_vs_pytorch']['median']:.2f}x with it; the attention core "
+                f"costs ours {w['jax_attention_ms']:.0f} ms and PyTorch (fused SDPA) "
+                f"{w['torch_attention_ms']:.0f} ms per step (step minus step without it, median "
+                "over rounds).")
     rejected = [v["flag"] for v in variants if not v["accepted"]]
     if rejected:
         out.append("XLA rejected: " + ", ".join(rejected) + " (see the variants table).")

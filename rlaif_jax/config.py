@@ -105,6 +105,10 @@ def base_config() -> ConfigDict:
     c.sample.batch_size = 32  # prompts x samples per compiled call
     c.sample.max_prompt_len = 128
     c.sample.max_new_tokens = 384
+    # Decode loops the KV cache grows over, here and in the PPO rollout (rlaif_jax/sampling.py):
+    # fewer cache slots read per step, but one compiled copy of the decode step per loop;
+    # 1 = one loop over a full-width cache.
+    c.sample.cache_segments = 4
     c.sample.temperature = 1.0
     c.sample.top_k = 0
     c.sample.top_p = 1.0
@@ -281,6 +285,7 @@ def validate(config: ConfigDict) -> None:
     _require(sp.split in ("train", "validation", "test"), "sample.split",
            "must be train, validation or test")
     _require(sp.num_samples >= 1, "sample.num_samples", "must be at least 1")
+    _require(sp.cache_segments >= 1, "sample.cache_segments", "must be at least 1")
     _require(sp.temperature > 0 or sp.greedy, "sample.temperature", "must be positive")
     _require(0 < sp.top_p <= 1, "sample.top_p", "must be in (0, 1]")
     _require(sp.max_prompt_len + sp.max_new_tokens <= m.n_positions, "sample.max_new_tokens",

@@ -11,7 +11,10 @@ cache (XLA:CPU has no cheaper way to skip unwritten slots inside one loop: slici
 copies), so with 64-token prompts and 128 new tokens, four segments of 32 read 144 slots per step
 on average instead of 192. Each segment is its own copy of the decode step in the compiled
 program, so by default (:func:`default_segment`) there are at most ``MAX_SEGMENTS`` of them, and
-none shorter than ``MIN_SEGMENT`` tokens.
+none shorter than ``MIN_SEGMENT`` tokens (``config.sample.cache_segments = 1``: one loop).
+Growing the cache does not raise the compiled program's memory: for 8 layers x 64 rows x 512
+slots (a 128 MB cache), XLA:CPU's temporary buffers were 147 MB with four segments and 290 MB
+with one loop, whose loop state is a second copy of the full cache.
 """
 
 from __future__ import annotations
@@ -161,17 +164,21 @@ def _choose(logits: jax.Array, rng: jax.Array, sampling: SamplingParams) -> tupl
 
 
 # Cache segments by default (module docstring; the gain is measured in benchmarks/bench_generate):
-# at most MAX_SEGMENTS loops, each at least MIN_SEGMENT new tokens long. Every segment compiles
+# at most MAX_SEGMENTS loops (config.sample.cache_segments), each at least MIN_SEGMENT new tokens
+# long. Every segment compiles
 # one more copy of the decode step (about +0.6 s each for the tiny GPT-2 here), and fewer than
 # 32 tokens save too few slot reads to pay for it.
 MAX_SEGMENTS = 4
 MIN_SEGMENT = 32
 
 
-def default_segment(n_new: int) -> int:
+def default_segment(n_new: int, max_segments: int = MAX_SEGMENTS) -> int:
     """New tokens per cache segment for ``n_new`` new tokens: ``max(MIN_SEGMENT, ceil(n_new /
-    MAX_SEGMENTS))`` (one segment, i.e. one loop, when ``n_new <= MIN_SEGMENT``)."""
-    return max(MIN_SEGMENT, -(-n_new // MAX_SEGMENTS))
+    max_segments))`` (one segment, i.e. one loop, when ``n_new <= MIN_SEGMENT`` or
+    ``max_segments == 1``)."""
+    if max_segments < 1:
+        raise ValueError(f"max_segments must be >= 1, got {max_segments}")
+    return max(MIN_SEGMENT, -(-n_new // max_segments))
 
 
 def segment_ends(n_new: int, segment: int) -> list[int]:

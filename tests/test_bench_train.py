@@ -162,3 +162,43 @@ def test_xla_variants_compare_against_the_mean_of_the_default_rows():
     assert vs_default == {"(default)0": pytest.approx(100 / 110, abs=1e-3), "--a1": 1.2,
                           "--bad2": None, "(default)3": pytest.approx(120 / 110, abs=1e-3)}
     assert any("--bad" in n for n in result["notes"])
+
+
+def test_quick_run_times_both_steps_without_their_attention(quick_result):
+    """Each fp32 shape also times both steps with the attention core replaced, in the same
+    rounds; the table, note and headline quote those rounds."""
+    steps = quick_result["raw"]["steps"]
+    (jx,) = [r for r in steps if r["side"] == "rlaif_jax" and r["dtype"] == "float32"]
+    w = jx["without_attention"]
+    assert w["jax_step_ms"] > 0 and w["torch_step_ms"] > 0
+    assert w["speedup_vs_pytorch"]["rounds"] == 2
+    assert 0 < w["speedup_vs_pytorch"]["min"] <= w["speedup_vs_pytorch"]["median"] <= w["speedup_vs_pytorch"]["max"]
+    (table,) = [t for t in quick_result["tables"] if "without the attention core" in t["title"]]
+    assert [row[0] for row in table["rows"]] == [jx["shape"]]
+    assert quick_result["headline"][f"{jx['shape']}_fp32_speedup_without_attention"] == pytest.approx(
+        w["speedup_vs_pytorch"]["median"], abs=1e-3)
+    assert any(n.startswith(f"{jx['shape']} fp32: with the attention core replaced") for n in quick_result["notes"])
+
+
+def test_attention_stand_ins_compute_the_same_thing_on_both_sides(tmp_path):
+    """The stand-in core (q + k + v) is the same function in both steps: with it, the two sides'
+    losses agree, and differ from the real attention's (which also agree)."""
+    from rlaif_jax.models import attention
+
+    shape = dict(bench_train.QUICK_SHAPES["tiny"], batch=2, seq=16)
+    bench_train.save_random_gpt2(shape, tmp_path)
+    batch = bench_train.make_batch(shape)
+    model, params = bench_train.jax_model(tmp_path, shape, "float32")
+    real = attention._attend_heads_major
+    runs = {"jax bare": bench_train.jax_step_runner_without_attention(model, params, batch),
+            "jax": bench_train.jax_step_runner(model, params, batch),
+            "torch": bench_train.torch_step_runner(tmp_path, "float32", batch, 3),
+            "torch bare": bench_train.torch_step_runner(tmp_path, "float32", batch, 3,
+                                                        attention=bench_train.NO_ATTENTION)}
+    assert attention._attend_heads_major is real  # restored after compiling the stand-in
+    for name in ("jax", "torch", "torch bare"):
+        runs[name]()  # step 0 (the bare JAX step's ran when it compiled); lr 0: nothing changes
+    loss = {name: run() for name, run in runs.items()}  # step 1, same parameters everywhere
+    assert loss["jax"] == pytest.approx(loss["torch"], abs=1e-4)
+    assert loss["jax bare"] == pytest.approx(loss["torch bare"], abs=1e-4)
+    assert abs(loss["jax bare"] - loss["jax"]) > 1e-3

@@ -23,6 +23,7 @@ def test_gpt2_large_needs_a_real_hf_directory(tmp_path):
     ("sft.grad_accum", 3, "config.sft.grad_accum"),
     ("model.dtype", "float16", "config.model.dtype"),
     ("sample.top_p", 0.0, "config.sample.top_p"),
+    ("sample.cache_segments", 0, "config.sample.cache_segments"),
     ("data.max_len", 4096, "config.data.max_len"),
 ])
 def test_bad_values_name_the_key(key, value, msg):

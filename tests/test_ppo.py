@@ -280,8 +280,8 @@ def test_untrimmed_update_gives_the_same_iterations(base, tmp_path, monkeypatch)
     """
     real = ppo.make_generate_fn
 
-    def early_eos(model, sampling, prompt_len):
-        generate = real(model, sampling, prompt_len)
+    def early_eos(model, sampling, prompt_len, **kw):
+        generate = real(model, sampling, prompt_len, **kw)
 
         def wrapped(params, ids, mask, rng):
             gen = generate(params, ids, mask, rng)

@@ -297,3 +297,19 @@ def test_bf16_model_generates():
     ids, mask = _many_prompts(4)
     out = make_generate_fn(model, _sp(), PROMPT_LEN)(params, ids, mask, jax.random.key(0))
     assert out["tokens"].shape == (4, N_NEW) and np.isfinite(np.asarray(out["logprobs"])).all()
+
+
+def test_growing_cache_needs_no_more_memory_than_one_loop():
+    """Compiled temporary memory (XLA's own accounting): growing the cache in segments holds no
+    more than one loop over a full-width cache, whose loop state is a copy of that cache."""
+    cfg = GPT2Config(vocab_size=97, n_positions=160, n_embd=32, n_layer=2, n_head=4)
+    model = GPT2LMHeadModel(cfg)
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    ids = mask = jnp.ones((32, 32), jnp.int32)
+    sp = SamplingParams(max_new_tokens=128, eos_id=-1, pad_id=0)
+    cache_bytes = 2 * cfg.n_layer * 32 * (32 + 128) * cfg.n_embd * 4
+    temp = {segment: make_generate_fn(model, sp, 32, segment=segment).lower(
+        params, ids, mask, jax.random.key(0)).compile().memory_analysis().temp_size_in_bytes
+        for segment in (128, 32)}
+    assert temp[128] >= cache_bytes  # the full-width cache is in there
+    assert temp[32] <= temp[128]
