@@ -19,6 +19,10 @@ Both sides run the same steps on the same batch; their losses are recorded step 
 to float tolerance in fp32: same model, same update). The two sides' steps are timed in turns
 (`common.alternating`: this machine's speed drifts by 2-4x over seconds); the speedup against
 PyTorch, and the target, is the median over rounds of that round's PyTorch step / JAX step.
+In the fp32 rounds both steps also run with their attention core replaced by the same stand-in
+(``q + k + v``: `_jax_mix_core`, `_torch_mix_core`), so that a step minus its stand-in step is
+what the attention core costs that side, measured untraced, and the stand-in steps compare the
+rest of the two steps.
 
 Model FLOPs per trained token (PaLM appendix B convention; bias, LayerNorm, softmax and
 elementwise work are not counted, attention is counted over all T keys, not T/2):
