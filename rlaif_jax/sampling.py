@@ -165,9 +165,8 @@ def _choose(logits: jax.Array, rng: jax.Array, sampling: SamplingParams) -> tupl
 
 # Cache segments by default (module docstring; the gain is measured in benchmarks/bench_generate):
 # at most MAX_SEGMENTS loops (config.sample.cache_segments), each at least MIN_SEGMENT new tokens
-# long. Every segment compiles
-# one more copy of the decode step (about +0.6 s each for the tiny GPT-2 here), and fewer than
-# 32 tokens save too few slot reads to pay for it.
+# long. Every segment compiles one more copy of the decode step (about +0.6 s each for the tiny
+# GPT-2 here), and fewer than 32 tokens save too few slot reads to pay for it.
 MAX_SEGMENTS = 4
 MIN_SEGMENT = 32
 
@@ -272,10 +271,14 @@ def make_generate_fn(model: nn.Module, sampling: SamplingParams, prompt_len: int
             rng=rng,
         )
         state = emit(state, first_logits, key)
-        for i, end in enumerate(ends):
+        for i, end in enumerate(ends):  # one loop per cache segment
             if i:
                 state = dict(state, cache=_grow(state["cache"], prompt_len + end))
-            state = jax.lax.while_loop(lambda st, end=end: (st["step"] < end) & ~jnp.all(st["done"]), body, state)
+
+            def cond(st, end=end):
+                return (st["step"] < end) & ~jnp.all(st["done"])
+
+            state = jax.lax.while_loop(cond, body, state)
         return {k: state[k] for k in ("tokens", "logprobs", "lengths", "done")}
 
     return jax.jit(generate)
