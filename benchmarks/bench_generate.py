@@ -212,9 +212,10 @@ def decode_buildup(params, cfg, ours_run, batch: int, prompt_len: int, n_new: in
     steps on a [batch, n_embd] state with the real weights and a real KV cache
     (``gpt2.init_cache`` of ``prompt_len + n_new`` slots, written and read as the model does),
     timed untraced and in turns with our real generate (`ours_run`: pass the one with one loop
-    over a full-width cache, ``segment=n_new``, which reads the same slots). Rows: [stage, ms/step, + over the previous stage]; the
-    last row is the real step. This finds what a step's time goes to without the profiler,
-    whose per-kernel overhead inflates small kernels inside a loop."""
+    over a full-width cache, ``segment=n_new``, which reads the same slots). Rows: [stage,
+    ms/step, + over the previous stage]; the last row is the real step. This finds what a step's
+    time goes to without the profiler, whose per-kernel overhead inflates small kernels inside a
+    loop."""
     t = params["transformer"]
     D, H = cfg.n_embd, cfg.n_head
     Dh, S = D // H, prompt_len + n_new
@@ -329,8 +330,9 @@ def bench_size(size: str, batches, sample_batches, prompt_len: int, n_new: int, 
             if greedy:  # the floors do not depend on the decoding: timed in the greedy rounds
                 calls.update(floor_xla=floor_calls[0], floor_torch=floor_calls[1])
             if greedy and batch == profile_batch:  # the cache segments' gain, in the same rounds
-                one_loop_run = calls["ours_one_loop"] = ours_call(model, params, ids, mask, n_new, greedy, top_p,
-                                                   segment=n_new)[0]
+                one_loop_run = ours_call(model, params, ids, mask, n_new, greedy, top_p,
+                                         segment=n_new)[0]
+                calls["ours_one_loop"] = one_loop_run
             timing = common.alternating(calls, repeats)
             ours, theirs = timing["ours"], timing["theirs"]
             if greedy:
@@ -345,13 +347,13 @@ def bench_size(size: str, batches, sample_batches, prompt_len: int, n_new: int, 
             our_tokens, hf_tokens = ours_tokens(), hf_tokens_of()
             speedup = common.paired_ratio(theirs["times_s"], ours["times_s"])
             if greedy and batch == profile_batch:
+                segment = default_segment(n_new)  # what our generate used
                 with tempfile.TemporaryDirectory() as trace_dir:
                     profile = decode_profile(ours_run, n_new, 1e3 * ours["median_s"] / n_new, trace_dir)
                 profile[1].update(batch=batch, floor_ms=floor_xla, over_floor=overhead["median"],
                                   one_loop=common.paired_ratio(timing["ours_one_loop"]["times_s"],
                                                                ours["times_s"]),
-                                  segment=default_segment(n_new),
-                                  segments=len(segment_ends(n_new, default_segment(n_new))))
+                                  segment=segment, segments=len(segment_ends(n_new, segment)))
                 if size in buildup_sizes:
                     buildup = decode_buildup(params, cfg, one_loop_run, batch, prompt_len, n_new,
                                              repeats)

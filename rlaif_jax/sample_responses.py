@@ -29,7 +29,7 @@ from rlaif_jax.data.splits import build_splits
 from rlaif_jax.data.tokenizer import load_tokenizer
 from rlaif_jax.metrics import write_json
 from rlaif_jax.models.build import load_model_config, make_lm
-from rlaif_jax.sampling import SamplingParams, default_segment, left_pad, make_generate_fn
+from rlaif_jax.sampling import SamplingParams, left_pad, make_generate_fn
 
 
 def load_stage_params(workdir: pathlib.Path, stage: str, model, mesh, fsdp_min_size: int):
@@ -89,7 +89,7 @@ def run(config, workdir: pathlib.Path, **overrides) -> dict:
         max_new_tokens=sc.max_new_tokens, temperature=sc.temperature, top_k=sc.top_k,
         top_p=sc.top_p, greedy=sc.greedy, eos_id=tokenizer.eos_token_id,
         pad_id=tokenizer.pad_token_id), prompt_len=sc.max_prompt_len,
-        segment=default_segment(sc.max_new_tokens, sc.cache_segments))
+        max_segments=sc.cache_segments)
     out_path = pathlib.Path(sc.out) if sc.out else workdir / "samples" / f"{sc.split}.jsonl"
     base_rng = jax.random.PRNGKey(config.seed)
     n_tokens = n_finished = n_well_formed = n_truncated_prompts = 0

@@ -194,7 +194,7 @@ def _grow(cache: dict, width: int) -> dict:
 
 
 def make_generate_fn(model: nn.Module, sampling: SamplingParams, prompt_len: int, *,
-                     segment: int | None = None) -> Callable:
+                     segment: int | None = None, max_segments: int = MAX_SEGMENTS) -> Callable:
     """Builds a jitted ``generate(params, prompt_ids, prompt_mask, rng) -> dict``.
 
     ``params`` is the model's parameter tree (what goes under ``"params"``);
@@ -205,14 +205,15 @@ def make_generate_fn(model: nn.Module, sampling: SamplingParams, prompt_len: int
     (EOS emitted), with ``N = max_new_tokens``. Compiles once per batch size.
 
     ``segment`` is the number of new tokens per cache segment (module docstring; None:
-    :func:`default_segment`); ``segment >= max_new_tokens`` gives one loop over a full-width
-    cache. Segments change which cache slots a step reads, not what it computes.
+    ``default_segment(max_new_tokens, max_segments)``); ``segment >= max_new_tokens`` or
+    ``max_segments=1`` gives one loop over a full-width cache. Segments change which cache
+    slots a step reads, not what it computes.
     """
     n_new = sampling.max_new_tokens
     total_len = prompt_len + n_new
     if total_len > model.config.n_positions:
         raise ValueError(f"prompt_len + max_new_tokens = {total_len} exceeds n_positions={model.config.n_positions}")
-    ends = segment_ends(n_new, default_segment(n_new) if segment is None else segment)
+    ends = segment_ends(n_new, default_segment(n_new, max_segments) if segment is None else segment)
 
     def generate(params, prompt_ids, prompt_mask, rng):
         batch = prompt_ids.shape[0]

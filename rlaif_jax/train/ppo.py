@@ -52,7 +52,7 @@ from rlaif_jax.data.tokenizer import load_tokenizer
 from rlaif_jax.metrics import MetricWriter, read_metrics, write_summary
 from rlaif_jax.models.build import load_model_config, make_lm
 from rlaif_jax.sample_responses import load_stage_params
-from rlaif_jax.sampling import SamplingParams, default_segment, left_pad, make_generate_fn
+from rlaif_jax.sampling import SamplingParams, left_pad, make_generate_fn
 from rlaif_jax.train import ppo_math as pm
 from rlaif_jax.train import reward as reward_stage
 from rlaif_jax.train.losses import token_log_probs
@@ -302,7 +302,7 @@ def train(config, workdir: pathlib.Path, reward_source: RewardSource | None = No
     generate = make_generate_fn(policy, SamplingParams(
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
         eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id), prompt_len=prompt_len,
-        segment=default_segment(cfg.max_new_tokens, config.sample.cache_segments))
+        max_segments=config.sample.cache_segments)
     score = jax.jit(make_score_fn(ac, reward_source.fn, prompt_len, cfg.no_eos_penalty,
                                   compare_sampler=cfg.temperature == 1.0))
     rollout_sh = {k: sharding.batch_sharding(mesh, 0, ndim) for k, ndim in ROLLOUT_NDIM.items()}
